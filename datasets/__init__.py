@@ -1,0 +1,1 @@
+"""Readers and writers of each dataset's own format, the synthetic generator, and samplers."""

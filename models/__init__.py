@@ -1,0 +1,1 @@
+"""Networks and inference wrappers: P/R/O-Net, the face detector, embedders and matchers."""

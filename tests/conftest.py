@@ -1,0 +1,29 @@
+"""Shared fixtures: where the read-only real data lives, and a fixed seed for every test."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-format dataset copies in ../shared/data; the test is skipped when they are absent."""
+    root = SHARED / "data"
+    if not root.is_dir():
+        pytest.skip(f"real data folder {root} is absent")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pretrained_mtcnn() -> Path:
+    """The original MTCNN weights (pnet.pt, rnet.pt, onet.pt); skipped when absent."""
+    root = SHARED / "pretrained" / "mtcnn_facenet_pytorch"
+    if not (root / "pnet.pt").is_file():
+        pytest.skip(f"original MTCNN weights not found in {root}")
+    return root

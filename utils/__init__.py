@@ -1,0 +1,1 @@
+"""Shared plumbing: errors, atomic writes, image reading, devices, checkpoints, logging, metrics."""

@@ -1,0 +1,51 @@
+"""The command-line plumbing every script shares: common flags, config loading, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from config import Config, load_config
+from utils.errors import ToolkitError
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config``, ``--set``, ``--device``, ``--seed`` and ``--strict``."""
+    group = parser.add_argument_group("configuration (all scripts)")
+    group.add_argument("--config", metavar="FILE", default=None,
+                       help="JSON file or Python file (defining a dict CONFIG) of overrides, by section; "
+                            "a config.json saved beside earlier outputs works too")
+    group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="set_items",
+                       help="override one config value, e.g. --set facenet.margin=0.3 (repeatable; applied after --config)")
+    group.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: runtime.device, 'auto')")
+    group.add_argument("--seed", type=int, default=None, help="random seed (default: runtime.seed)")
+    group.add_argument("--strict", action="store_true",
+                       help="stop at the first bad input file with a one-line error instead of skipping and counting it")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the validated config from ``--config``/``--set`` and the shortcut flags."""
+    items = list(args.set_items)
+    if args.device is not None:
+        items.append(f"runtime.device={args.device}")
+    if args.seed is not None:
+        items.append(f"runtime.seed={args.seed}")
+    if args.strict:
+        items.append("runtime.strict=true")
+    return load_config(args.config, items)
+
+
+def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run ``main``; a ToolkitError becomes one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        result = main(args)
+    except ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
