@@ -36,8 +36,9 @@ class BadInputLog:
         """Raise ``error`` when strict; otherwise remember it and warn once per file."""
         if self.strict:
             raise error
+        if all(p.path != error.path for p in self.problems):
+            warnings.warn(f"skipped {error}", stacklevel=2)
         self.problems.append(error)
-        warnings.warn(f"skipped {error}", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.problems)

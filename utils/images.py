@@ -65,6 +65,8 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise DataError(path, f"corrupt or truncated image ({exc})") from None
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(path, f"image has unusable shape {array.shape}")
+    if not array.flags.writeable:
+        array = array.copy()  # PIL hands out read-only buffers; callers transform in place
     return np.ascontiguousarray(array)
 
 
