@@ -21,7 +21,8 @@ from typing import Any
 
 from utils.archive import extract_archive, read_marker
 from utils.atomic import atomic_write_text
-from utils.download import download, hash_file, part_path
+from utils.download import download, part_path
+from utils.hashing import hash_file
 from utils.errors import ConfigError, DataError
 
 DOWNLOADS_FOLDER = "downloads"  # under the data root: downloaded archives and manifest.json

@@ -30,7 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from utils.atomic import atomic_write_text
-from utils.download import hash_file
+from utils.hashing import hash_file
 from utils.errors import DataError
 
 MARKER_NAME = ".extract_complete.json"

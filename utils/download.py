@@ -7,23 +7,21 @@ and checksums match is the part file renamed onto ``dest``, so ``dest`` is eithe
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
 from utils.errors import DataError
+from utils.hashing import hash_file
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0  # no single wait between attempts is longer than this
-HASH_ALGORITHMS = ("sha256", "md5")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -53,18 +51,6 @@ def part_path(dest: str | Path) -> Path:
 def retry_delay(failures: int, backoff: float, cap: float = MAX_BACKOFF_S) -> float:
     """Seconds to wait after the ``failures``-th failed attempt in a row (1-based): backoff * 2**(n-1), capped."""
     return min(cap, backoff * 2.0 ** max(0, failures - 1))
-
-
-def hash_file(
-    path: str | Path, algorithms: Iterable[str] = HASH_ALGORITHMS, chunk_size: int = 1 << 20
-) -> dict[str, str]:
-    """Hex digests of a file's bytes for each named hashlib algorithm, computed in one streaming pass."""
-    hashers = {name: hashlib.new(name) for name in algorithms}
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            for hasher in hashers.values():
-                hasher.update(chunk)
-    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
 def _mismatch(path: Path, expected: dict[str, str], size: int | None) -> str | None:
