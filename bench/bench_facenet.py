@@ -1,0 +1,264 @@
+"""FaceNet benchmarks: training-loop throughput against the bare model, embedding throughput, and a trained
+embedder beside the Eigenfaces (pixel-PCA) baseline on the same pairs.
+
+Run from the repo root (``--config``/``--set`` as for every script: the data paths and presets come from there):
+
+    .venv/bin/python bench/bench_facenet.py throughput --backbone both --steps 8 --repeats 3
+    .venv/bin/python bench/bench_facenet.py embed --backbone both
+    .venv/bin/python bench/bench_facenet.py compare --weights runs/facenet/best.pt [--pairs P --images DIR]
+
+``throughput``: images/s of ``train_facenet.train_one_epoch`` (data loader, on-device augmentation, triplet
+mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of the
+same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
+from other processes distorts the ratio least), per wall-clock second and per CPU second of this process
+(on a shared machine the CPU-time ratio is the steadier one; with DataLoader workers, wall time is the
+honest one). Training crops come from ``facenet.train_images`` when they
+exist, else random crops of the same size (the loop is the same). ``embed``: ``Embedder.embed`` images/s,
+with and without flip test-time augmentation. ``compare``: LFW-protocol accuracy of each ``--weights``
+embedder and of Eigenfaces (``datasets.synthetic_eval.eigenfaces_verification``: PCA fitted on the training
+crops' centre squares, grey 32x32) on exactly the same pairs (those with both aligned images). Prints
+markdown tables; ``--json FILE`` also saves the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from config import Config  # noqa: E402
+from datasets.identity import IdentityFolder  # noqa: E402
+from datasets.samplers import PKBatchSampler  # noqa: E402
+from datasets.synthetic_eval import eigenfaces_verification  # noqa: E402
+from models.system import load_embedder  # noqa: E402
+from train_facenet import (FaceCrops, _passthrough, build_model, evaluate, expand, load_pairs_set,  # noqa: E402
+                           load_training_crops, train_one_epoch, training_side)
+from utils.atomic import atomic_write_text  # noqa: E402
+from utils.cli import add_config_args, config_from_args, run  # noqa: E402
+from utils.device import select_device  # noqa: E402
+from utils.errors import BadInputLog  # noqa: E402
+from utils.logger import RunLogger  # noqa: E402
+from utils.training import StepRunner, StopOnSignal, TrainingState, build_optimizer  # noqa: E402
+from utils.triplet import TripletLoss  # noqa: E402
+
+BACKBONES = ("mobilefacenet", "inception_resnet_v1")
+INCEPTION = {"input_size": 160, "embedding_size": 512, "width": 1.0}  # the FaceNet shape
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line of the three benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("throughput", "embed", "compare"), help="which benchmark to run")
+    parser.add_argument("--backbone", choices=(*BACKBONES, "both"), default="both",
+                        help="throughput/embed: the configured light backbone, Inception-ResNet-v1 (160 px, 512-d), "
+                             "or both")
+    parser.add_argument("--steps", type=int, default=8, help="throughput: timed training steps per measurement")
+    parser.add_argument("--inception-steps", type=int, default=2,
+                        help="throughput: timed steps for Inception-ResNet-v1 (slow on a CPU)")
+    parser.add_argument("--inception-identities", type=int, default=4,
+                        help="throughput: P (identities per batch) for Inception-ResNet-v1; 0 = the configured P")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of loop and bare model")
+    parser.add_argument("--images", type=int, default=512, help="embed: images embedded per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--weights", action="append", default=[], metavar="FILE",
+                        help="compare: embedder checkpoint(s) to evaluate (repeatable)")
+    parser.add_argument("--pairs", default=None, help="compare: pairs file (default: facenet.val_pairs)")
+    parser.add_argument("--pair-images", default=None,
+                        help="compare: aligned images of the pairs, LFW layout (default: facenet.val_images)")
+    parser.add_argument("--pca-train", default=None,
+                        help="compare: identity folders of crops the Eigenfaces PCA is fitted on "
+                             "(default: facenet.train_images)")
+    parser.add_argument("--flip", action="store_true", help="compare: flip test-time augmentation for the embedders")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
+    add_config_args(parser)
+    return parser
+
+
+def _backbone_config(config: Config, backbone: str, identities: int = 0) -> Config:
+    """The config with the facenet section switched to ``backbone`` (Inception at its FaceNet shape, with
+    ``identities`` per batch when given)."""
+    extra: dict[str, Any] = dict(INCEPTION) if backbone == "inception_resnet_v1" else {}
+    if backbone == "inception_resnet_v1" and identities:
+        extra["identities_per_batch"] = identities
+    if backbone == config.facenet.backbone and not extra:
+        return config
+    return replace(config, facenet=replace(config.facenet, backbone=backbone, pretrained="", **extra))
+
+
+def _training_data(config: Config, log: BadInputLog) -> tuple[FaceCrops, str]:
+    """The configured training crops, or random crops of the same side when there are none."""
+    root = expand(config, config.facenet.train_images)
+    if root.is_dir():
+        crops, _ = load_training_crops(config, root, 0, log, progress=False)
+        return crops, str(root)
+    side = training_side(config)
+    crops = FaceCrops([], [], side, preload=False)
+    generator = torch.Generator().manual_seed(0)
+    crops.images = torch.randint(0, 256, (64 * 10, 3, side, side), dtype=torch.uint8, generator=generator)
+    crops.labels = np.repeat(np.arange(64), 10)
+    crops.paths = [Path(f"random_{i}") for i in range(len(crops.labels))]
+    return crops, "random crops (no aligned training data found)"
+
+
+class _Clock:
+    """Wall-clock and process CPU seconds of a block (CPU time barely moves when other processes load the machine)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> "_Clock":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+def _bare_rates(model: torch.nn.Module, steps: StepRunner, batch: int, size: int, device: torch.device,
+                count: int) -> tuple[float, float]:
+    """Images per wall second and per CPU second of forward + backward + optimizer step on a random batch
+    already on the device."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device).float()
+    model.train()
+    with _Clock(device) as clock:
+        for _ in range(count):
+            with steps.autocast():
+                embeddings = model(images)
+            steps.backward(embeddings.float().sum(), model.parameters())
+    return batch * count / clock.wall, batch * count / clock.cpu
+
+
+def throughput(config: Config, backbone: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Loop and bare images/s for one backbone (best of the alternated repeats) and their ratio."""
+    config = _backbone_config(config, backbone, args.inception_identities)
+    cfg = config.facenet
+    count = args.inception_steps if backbone == "inception_resnet_v1" else args.steps
+    log = BadInputLog()
+    crops, source = _training_data(config, log)
+    model = build_model(cfg).to(device)
+    steps = StepRunner(build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum),
+                       None, device, config.runtime.amp, 1, cfg.clip_grad_norm)
+    loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
+    sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=0,
+                             batches_per_epoch=count, num_replicas=1, rank=0)
+    loader = DataLoader(crops, batch_sampler=sampler, collate_fn=_passthrough, pin_memory=device.type == "cuda")
+    logger = RunLogger(Path("."), enabled=False)
+    batch = cfg.identities_per_batch * cfg.images_per_identity
+    loop_rates, bare_rates = [], []
+    with StopOnSignal() as stop:
+        _bare_rates(model, steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
+        for repeat in range(args.repeats):
+            sampler.set_epoch(repeat)
+            with _Clock(device) as clock:
+                stats = train_one_epoch(model, loader, loss_fn, steps, device, repeat, TrainingState(), logger, stop,
+                                        cfg, log)
+            images = stats["batches"] * batch
+            loop_rates.append((images / clock.wall, images / clock.cpu))
+            bare_rates.append(_bare_rates(model, steps, batch, cfg.input_size, device, count))
+    loop, bare = np.max(loop_rates, axis=0), np.max(bare_rates, axis=0)
+    return {"backbone": backbone, "input": cfg.input_size, "batch": batch, "steps": count, "data": source,
+            "loop_images_per_s": loop[0], "bare_images_per_s": bare[0], "ratio": loop[0] / bare[0],
+            "loop_images_per_cpu_s": loop[1], "bare_images_per_cpu_s": bare[1], "cpu_ratio": loop[1] / bare[1],
+            "loop_all": loop_rates, "bare_all": bare_rates}
+
+
+def embed_rate(config: Config, backbone: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Inference images/s of ``Embedder.embed`` with and without flip test-time augmentation."""
+    cfg = _backbone_config(config, backbone).facenet
+    model = build_model(cfg).to(device).eval()
+    images = torch.randint(0, 256, (args.images, 3, cfg.input_size, cfg.input_size), dtype=torch.uint8)
+    model.embed(images[:cfg.val_batch_size], batch_size=cfg.val_batch_size, device=device)  # warm-up
+    out: dict[str, Any] = {"backbone": backbone, "input": cfg.input_size, "batch": cfg.val_batch_size}
+    for flip in (False, True):
+        best = 0.0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model.embed(images, batch_size=cfg.val_batch_size, flip=flip, device=device)
+            best = max(best, len(images) / (time.perf_counter() - start))
+        out["flip_images_per_s" if flip else "images_per_s"] = best
+    return out
+
+
+def _centre_box(side: int, config: Config) -> np.ndarray:
+    """The centre square of a training crop that holds the evaluation framing (eval_size / train_size of it)."""
+    inner = side * config.align.eval_size / config.align.train_size
+    start = (side - inner) / 2
+    return np.array([start, start, start + inner, start + inner])
+
+
+def compare(config: Config, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Each embedder and Eigenfaces on the same pairs: accuracy +- std over the file's folds, AUC, VAL@FAR, EER."""
+    cfg = config.facenet
+    pairs_file = Path(args.pairs) if args.pairs else expand(config, cfg.val_pairs)
+    images = Path(args.pair_images) if args.pair_images else expand(config, cfg.val_images)
+    log = BadInputLog(strict=config.runtime.strict)
+    rows = []
+    for weights in args.weights:
+        model = load_embedder(Path(weights), device)
+        pairs = load_pairs_set(pairs_file, images, model.input_size, log)
+        result, _, _ = evaluate(model, pairs, device, cfg, None, args.flip)
+        rows.append({"method": f"embedder {weights}", **result.as_dict(), "dropped": pairs.dropped})
+    pairs = load_pairs_set(pairs_file, images, 32, log)
+    paths = pairs.crops.paths
+    pair_rows = [(paths[a], None, paths[b], None) for a, b in zip(pairs.first, pairs.second)]
+    folder = IdentityFolder(Path(args.pca_train) if args.pca_train else expand(config, cfg.train_images))
+    train = [(path, _centre_box(config.align.train_size, config)) for path, _ in folder.samples]
+    folds = pairs.folds if len(np.unique(pairs.folds)) >= 2 else 10
+    result = eigenfaces_verification(train, pair_rows, pairs.same, folds, size=(32, 32))
+    rows.append({"method": "Eigenfaces (pixel PCA, 60 components)", **result.as_dict(), "dropped": pairs.dropped})
+    print(f"pairs: {pairs.describe()}")
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(format(row[key], spec) if spec else str(row[key]) for _, key, spec in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark and print its table."""
+    config = config_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(config.runtime.device)
+    torch.manual_seed(config.runtime.seed)
+    backbones = BACKBONES if args.backbone == "both" else (args.backbone,)
+    print(f"device {device}, {torch.get_num_threads()} CPU threads")
+    if args.what == "throughput":
+        rows = [throughput(config, b, args, device) for b in backbones]
+        print(_table(rows, [("backbone", "backbone", ""), ("input", "input", "d"), ("batch", "batch", "d"),
+                            ("loop img/s", "loop_images_per_s", ".1f"), ("bare img/s", "bare_images_per_s", ".1f"),
+                            ("loop / bare", "ratio", ".3f"), ("loop img/CPU-s", "loop_images_per_cpu_s", ".1f"),
+                            ("bare img/CPU-s", "bare_images_per_cpu_s", ".1f"), ("loop / bare (CPU)", "cpu_ratio", ".3f")]))
+        print("data: " + "; ".join(f"{r['backbone']}: {r['data']}" for r in rows))
+    elif args.what == "embed":
+        rows = [embed_rate(config, b, args, device) for b in backbones]
+        print(_table(rows, [("backbone", "backbone", ""), ("input", "input", "d"), ("batch", "batch", "d"),
+                            ("img/s", "images_per_s", ".1f"), ("img/s with flip TTA", "flip_images_per_s", ".1f")]))
+    else:
+        rows = compare(config, args, device)
+        print(_table(rows, [("method", "method", ""), ("accuracy", "accuracy", ".4f"), ("std", "accuracy_std", ".4f"),
+                            ("AUC", "auc", ".4f"), (f"VAL@FAR={config.facenet.far_target:g}", "val", ".4f"),
+                            ("EER", "eer", ".4f"), ("pairs", "num_pairs", ".0f"), ("folds", "num_folds", ".0f")]))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, get_args_parser()))

@@ -1,0 +1,429 @@
+"""Aligned face crops of identity datasets, cut with the ``FaceDetector``: the data FaceNet trains and validates on.
+
+Sources: identity folders of unaligned photos (VGGFace2, CASIA-WebFace, MS-Celeb-1M extracted, CelebA
+identity subsets, the synthetic set, LFW's ``images/``) or an insightface ``.rec``/``.idx`` pair. Per photo
+the detector runs (batched), one face is kept by rule (``largest`` box, or the most ``central``), and the
+face is aligned (5-point similarity, or box) and written in the same identity layout:
+
+* training sets: ``train_size`` crops (182 px: random 160 px crops of them are the training inputs);
+* evaluation sets (pairs files, held-out identities): ``eval_size`` crops (160 px).
+
+Both show the same framing: the training crop's margin is the evaluation margin plus
+``train_size - eval_size``, so its centre crop is the evaluation crop. Photos already done (listed in the
+folder's ``.align_progress.tsv`` with their crops present) are skipped, so an interrupted run resumes.
+Photos with no face, with several faces, and unreadable files are counted and listed in
+``align_report.json``. A training set can hand ``holdout`` identities to an evaluation split in the LFW
+layout, with an identity-disjoint View-2 pairs file over them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets.identity import IdentityFolder
+from datasets.lfw import Pair, write_pairs
+from datasets.recordio import FaceRecordSet
+from models.detector import Detections, DetectorSettings, FaceDetector
+from utils.align import align_faces
+from utils.atomic import atomic_write_text
+from utils.device import select_device
+from utils.errors import BadInputLog, ConfigError, DataError
+from utils.images import read_image, write_image
+
+if TYPE_CHECKING:
+    from config import Config
+
+ALIGN_DATASETS = ("synthetic", "lfw", "vggface2", "casia_webface", "ms_celeb_1m", "celeba", "folder")
+SELECT_RULES = ("largest", "central")
+PROGRESS_FILE = ".align_progress.tsv"
+REPORT_FILE = "align_report.json"
+STATUSES = ("aligned", "no_face", "unreadable")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One source photo: identity, where it comes from (file path or ``<file.rec>#<key>``), output file name,
+    and its 1-based number among its identity's photos (for LFW-style names)."""
+
+    identity: str
+    source: str
+    name: str
+    number: int
+    key: int | None = None
+
+
+@dataclass(frozen=True)
+class CropTarget:
+    """Where and how crops are written: identity-layout root, side, margin (output pixels), which identities
+    (None: all), and whether files get LFW names ``<id>/<id>_NNNN.jpg`` (what pairs files refer to)."""
+
+    folder: Path
+    size: int
+    margin: float
+    identities: frozenset[str] | None = None
+    lfw_names: bool = False
+
+    def path(self, photo: Photo) -> Path | None:
+        """Output file of ``photo`` (None when this target does not take its identity)."""
+        if self.identities is not None and photo.identity not in self.identities:
+            return None
+        name = f"{photo.identity}_{photo.number:04d}.jpg" if self.lfw_names else photo.name
+        return self.folder / photo.identity / name
+
+
+@dataclass
+class AlignReport:
+    """What one alignment pass did; lists name source files (``several_faces``: file and face count)."""
+
+    source: str
+    photos: int = 0
+    aligned: int = 0
+    resumed: int = 0
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[tuple[str, int]] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the console."""
+        return (f"{self.source}: {self.photos} photos, {self.aligned} aligned ({self.resumed} done earlier), "
+                f"{len(self.no_face)} without a face, {len(self.several_faces)} with several faces (one kept), "
+                f"{len(self.unreadable)} unreadable; {self.seconds:.0f} s")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the report file)."""
+        return asdict(self)
+
+
+def _output_name(path: Path) -> str:
+    """Crops are JPEG: ``x.jpg`` keeps its name, other files get ``.jpg`` appended (no two sources collide)."""
+    return path.name if path.suffix.lower() == ".jpg" else f"{path.name}.jpg"
+
+
+def list_photos(source: str | Path) -> tuple[list[Photo], FaceRecordSet | None]:
+    """The photos of an identity-folder tree or a ``.rec`` file (with its ``.idx`` beside it), sorted by
+    identity then file; also the opened record set for ``.rec`` sources."""
+    source = Path(source)
+    records = None
+    entries: list[tuple[str, str, str, int | None]] = []  # identity, source, name, key
+    if source.is_file() and source.suffix == ".rec":
+        records = FaceRecordSet(source)
+        entries = [(str(label), records.where(key), f"{key}.jpg", key) for key, label in records]
+    else:
+        folder = IdentityFolder(source)
+        entries = [(folder.classes[label], str(path), _output_name(path), None) for path, label in folder.samples]
+    entries.sort(key=lambda e: (e[0], e[3] if e[3] is not None else -1, e[1]))
+    photos, counts = [], {}
+    for identity, where, name, key in entries:
+        counts[identity] = counts.get(identity, 0) + 1
+        photos.append(Photo(identity, where, name, counts[identity], key))
+    return photos, records
+
+
+def framing_margins(train_size: int, eval_size: int, margin: float) -> tuple[float, float]:
+    """Margins (output pixels) of training and evaluation crops with one framing: the training crop's centre
+    ``eval_size`` square is the evaluation crop (same face scale, ``train_size - eval_size`` more context)."""
+    return margin + train_size - eval_size, margin
+
+
+def choose_face(detections: Detections, height: int, width: int, rule: str = "largest") -> int | None:
+    """Index of the face to keep: the largest box, or the one whose centre is nearest the image centre."""
+    if rule not in SELECT_RULES:
+        raise ValueError(f"face selection rule must be one of {', '.join(SELECT_RULES)}, got {rule!r}")
+    if len(detections) == 0:
+        return None
+    boxes = detections.boxes.detach().cpu().double()
+    area = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+    if rule == "largest":
+        return int(torch.argmax(area))
+    centre = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2], 1)
+    distance = centre.pow(2).sum(1)
+    nearest = distance <= distance.min() + 1e-6
+    return int(torch.argmax(torch.where(nearest, area, torch.full_like(area, -1.0))))
+
+
+def read_progress(path: Path) -> dict[str, tuple[str, int]]:
+    """``{source: (status, faces)}`` from a progress file; a torn last line (a crash mid-write) is ignored."""
+    done: dict[str, tuple[str, int]] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[0] in STATUSES and parts[1].isdigit():
+            done[parts[2]] = (parts[0], int(parts[1]))
+    return done
+
+
+class _PhotoImages(Dataset):
+    """Decodes photos in DataLoader workers; an unreadable one comes back as its error text."""
+
+    def __init__(self, photos: Sequence[Photo], records: FaceRecordSet | None) -> None:
+        self.photos = photos
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        photo = self.photos[index]
+        try:
+            if photo.key is not None and self.records is not None:
+                return index, self.records.image(photo.key), None
+            return index, read_image(photo.source), None
+        except DataError as error:
+            return index, None, error.reason
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def align_photos(photos: Sequence[Photo], targets: Sequence[CropTarget], detector: FaceDetector, progress_file: Path,
+                 *, records: FaceRecordSet | None = None, method: str = "similarity", select: str = "largest",
+                 batch_images: int = 16, jpeg_quality: int = 95, workers: int = 0, log: BadInputLog | None = None,
+                 show_progress: bool = True, source_name: str = "") -> AlignReport:
+    """Detect, choose, align and write one face per photo for every target that takes its identity.
+
+    Photos listed in ``progress_file`` whose crops exist are skipped (their earlier outcome is counted);
+    each finished batch is appended to it. Unreadable photos go to ``log`` (raised when it is strict).
+    """
+    log = log if log is not None else BadInputLog()
+    started = time.perf_counter()
+    report = AlignReport(source_name or (photos[0].source if photos else ""), photos=len(photos))
+    earlier = read_progress(progress_file)
+    todo = []
+    for photo in photos:
+        status, faces = earlier.get(photo.source, ("", 0))
+        outputs = [p for p in (t.path(photo) for t in targets) if p is not None]
+        if status in ("no_face", "unreadable") or (status == "aligned" and all(p.is_file() for p in outputs)):
+            report.resumed += 1
+            _count(report, photo, status, faces)
+        else:
+            todo.append(photo)
+    progress_file.parent.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(_PhotoImages(todo, records), batch_size=max(1, batch_images), num_workers=workers,
+                        collate_fn=_as_list)
+    with open(progress_file, "a", encoding="utf-8") as journal, \
+            tqdm(total=len(todo), desc=f"align {report.source}", unit="photo", disable=not show_progress) as bar:
+        for batch in loader:
+            lines = []
+            good = [(i, image) for i, image, _ in batch if image is not None]
+            for i, _, error in batch:
+                if error is not None:
+                    log.report(DataError(todo[i].source, error))
+                    lines.append(_record(report, todo[i], "unreadable", 0))
+            found = detector.detect([image for _, image in good]) if good else []
+            for (i, image), detections in zip(good, found):
+                photo = todo[i]
+                chosen = choose_face(detections, image.shape[0], image.shape[1], select)
+                if chosen is None:
+                    lines.append(_record(report, photo, "no_face", 0))
+                    continue
+                _write_crops(image, detections, chosen, photo, targets, method, jpeg_quality)
+                lines.append(_record(report, photo, "aligned", len(detections)))
+            journal.write("".join(lines))
+            journal.flush()
+            bar.update(len(batch))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_crops(image: np.ndarray, detections: Detections, chosen: int, photo: Photo,
+                 targets: Sequence[CropTarget], method: str, jpeg_quality: int) -> None:
+    """Align the chosen face at each target's size and margin and write the crops atomically."""
+    points = detections.boxes[chosen:chosen + 1] if method == "box" else detections.landmarks[chosen:chosen + 1]
+    for target in targets:
+        out = target.path(photo)
+        if out is None:
+            continue
+        crop = align_faces(image, points.cpu(), size=target.size, margin=target.margin, method=method)[0]
+        write_image(out, crop.permute(1, 2, 0).numpy(), quality=jpeg_quality)
+
+
+def _count(report: AlignReport, photo: Photo, status: str, faces: int) -> None:
+    if status == "aligned":
+        report.aligned += 1
+        if faces > 1:
+            report.several_faces.append((photo.source, faces))
+    elif status == "no_face":
+        report.no_face.append(photo.source)
+    else:
+        report.unreadable.append(photo.source)
+
+
+def _record(report: AlignReport, photo: Photo, status: str, faces: int) -> str:
+    _count(report, photo, status, faces)
+    return f"{status}\t{faces}\t{photo.source}\n"
+
+
+# --- held-out identities and their pairs file --------------------------------------------------------------
+
+
+def split_identities(identities: Sequence[str], holdout: int, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) identity lists: ``holdout`` identities drawn by ``seed``, both sorted."""
+    names = sorted(set(identities))
+    if not 0 <= holdout < len(names):
+        raise ConfigError(f"cannot hold out {holdout} of {len(names)} identities (keep at least one for training)")
+    order = np.random.default_rng([seed, 20170]).permutation(len(names))
+    held = {names[i] for i in order[:holdout]}
+    return [n for n in names if n not in held], sorted(held)
+
+
+def _lfw_index(identity: str, path: Path) -> int | None:
+    stem = path.stem
+    prefix = f"{identity}_"
+    return int(stem[len(prefix):]) if stem.startswith(prefix) and stem[len(prefix):].isdigit() else None
+
+
+def make_pairs(images_root: str | Path, folds: int, pairs_per_fold: int, seed: int) -> list[list[Pair]]:
+    """LFW View-2 folds over the identities of an LFW-layout folder: identities dealt to folds (each in one
+    fold), per fold ``pairs_per_fold`` same pairs then as many different pairs, drawn by ``seed``.
+
+    When the smallest fold cannot supply that many distinct pairs, every fold gets as many as it can.
+    """
+    root = Path(images_root)
+    images: dict[str, list[int]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        numbers = sorted(n for n in (_lfw_index(folder.name, f) for f in folder.glob("*.jpg")) if n is not None)
+        if numbers:
+            images[folder.name] = numbers
+    names = sorted(images)
+    if len(names) < 2 * folds:
+        raise DataError(root, f"{len(names)} identities cannot fill {folds} identity-disjoint folds (2 per fold needed)")
+    rng = np.random.default_rng([seed, 1972])
+    order = [names[i] for i in rng.permutation(len(names))]
+    members = [sorted(order[f::folds]) for f in range(folds)]
+    same_candidates = [[(n, i, j) for n in group for a, i in enumerate(images[n]) for j in images[n][a + 1:]]
+                       for group in members]
+    diff_counts = [sum(len(images[a]) * len(images[b]) for x, a in enumerate(group) for b in group[x + 1:])
+                   for group in members]
+    per_fold = min([pairs_per_fold, *map(len, same_candidates), *diff_counts])
+    if per_fold < 1:
+        raise DataError(root, "some fold has no identity with two images; fewer folds or more images needed")
+    result = []
+    for group, candidates in zip(members, same_candidates):
+        same = [Pair(n, i, n, j) for n, i, j in (candidates[int(c)] for c in
+                                                 rng.choice(len(candidates), per_fold, replace=False))]
+        different: dict[tuple[str, int, str, int], Pair] = {}
+        while len(different) < per_fold:
+            a, b = sorted(rng.choice(group, size=2, replace=False).tolist())
+            i, j = int(rng.choice(images[a])), int(rng.choice(images[b]))
+            different.setdefault((a, i, b, j), Pair(a, i, b, j))
+        result.append(same + list(different.values()))
+    return result
+
+
+# --- datasets by name, from the config ------------------------------------------------------------------------
+
+
+@dataclass
+class AlignJob:
+    """One source tree to align: ``kind`` "train" (train_size crops, optional held-out split) or "eval"
+    (eval_size crops; ``pairs`` is copied beside them)."""
+
+    name: str
+    source: Path
+    out: Path
+    kind: str
+    pairs: Path | None = None
+    holdout: int = 0
+
+
+def align_jobs(dataset: str, config: Config, src: str | Path | None = None, dst: str | Path | None = None) -> list[AlignJob]:
+    """The alignment jobs of a named dataset: sources from the config's paths (or ``src``), outputs under
+    ``dst`` (default ``paths.aligned`` for the synthetic set, ``<data_root>/aligned/<dataset>`` otherwise)."""
+    if dataset not in ALIGN_DATASETS:
+        raise ConfigError(f"--align: unknown dataset {dataset!r}; choose one of {', '.join(ALIGN_DATASETS)}")
+    data_root = Path(config.paths.data_root)
+    out = Path(dst) if dst else (config.path("aligned") if dataset == "synthetic" else data_root / "aligned" / dataset)
+    holdout = config.align.holdout_identities
+    if dataset == "synthetic":
+        return [AlignJob("train", Path(src) if src else config.path("identities"), out / "train", "train", holdout=holdout),
+                AlignJob("lfw_val", config.path("val_images"), out / "lfw_val" / "images", "eval", config.path("val_pairs")),
+                AlignJob("lfw_test", config.path("test_images"), out / "lfw_test" / "images", "eval", config.path("test_pairs"))]
+    if dataset == "lfw":
+        root = Path(src) if src else config.path("lfw")
+        images = root / "images" if (root / "images").is_dir() else root
+        pairs = root / "pairs.txt"
+        return [AlignJob("lfw", images, out / "images", "eval", pairs if pairs.is_file() else None)]
+    if src:
+        source = Path(src)
+    elif dataset == "folder":
+        raise ConfigError("--align folder needs --align-src (an identity-folder tree or a .rec file)")
+    else:
+        folders = {"vggface2": "VGGFace2", "casia_webface": "CASIA-WebFace", "ms_celeb_1m": "MS-Celeb-1M", "celeba": "CelebA"}
+        base = data_root / folders[dataset]
+        source = next((c for c in (base / "train.rec", base / "train", base / "identities") if c.exists()), base)
+    if source.is_dir() and (source / "train.rec").is_file():
+        source = source / "train.rec"
+    return [AlignJob("train", source, out / "train", "train", holdout=holdout)]
+
+
+def detector_for_alignment(config: Config, device: torch.device | str = "cpu") -> FaceDetector:
+    """The cascade ``paths.pnet/rnet/onet`` name, with the detector settings and ``align.thresholds``."""
+    settings = DetectorSettings.from_config(config.detector)
+    settings.thresholds = tuple(float(t) for t in config.align.thresholds)
+    return FaceDetector.from_checkpoints(config.path("pnet"), config.path("rnet"), config.path("onet"),
+                                         settings=settings, device=device)
+
+
+def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: int = 0, log: BadInputLog | None = None,
+            show_progress: bool = True, print_fn: Callable[[str], None] = print) -> AlignReport:
+    """Align one job's photos, write its report (and pairs file), and return the report."""
+    a = config.align
+    photos, records = list_photos(job.source)
+    train_margin, _ = framing_margins(a.train_size, a.eval_size, a.margin)
+    if job.kind == "eval":
+        targets = [CropTarget(job.out, a.eval_size, a.margin)]
+        held: list[str] = []
+    else:
+        train_ids, held = split_identities([p.identity for p in photos], job.holdout, config.runtime.seed)
+        targets = [CropTarget(job.out, a.train_size, train_margin, frozenset(train_ids) if held else None)]
+        if held:
+            targets.append(CropTarget(job.out.parent / "test" / "images", a.eval_size, a.margin, frozenset(held),
+                                      lfw_names=True))
+    report = align_photos(photos, targets, detector, job.out / PROGRESS_FILE, records=records, method=a.method,
+                          select=a.select, batch_images=a.batch_images, jpeg_quality=a.jpeg_quality, workers=workers,
+                          log=log, show_progress=show_progress, source_name=f"{job.name} ({job.source})")
+    extra: dict[str, Any] = {"targets": [{"folder": str(t.folder), "size": t.size, "margin": t.margin,
+                                          "identities": len(t.identities) if t.identities is not None else "all"}
+                                         for t in targets]}
+    if job.pairs is not None:
+        if not job.pairs.is_file():
+            raise DataError(job.pairs, "pairs file of this evaluation set not found")
+        shutil.copyfile(job.pairs, job.out.parent / "pairs.txt")
+        extra["pairs"] = str(job.out.parent / "pairs.txt")
+    if held:
+        pairs_path = job.out.parent / "test" / "pairs.txt"
+        folds = make_pairs(targets[1].folder, a.holdout_folds, a.holdout_pairs_per_fold, config.runtime.seed)
+        write_pairs(pairs_path, folds)
+        extra.update(pairs=str(pairs_path), held_out_identities=held,
+                     pairs_per_fold=sum(p.same for p in folds[0]), folds=len(folds))
+    atomic_write_text(job.out / REPORT_FILE, json.dumps({**report.as_dict(), **extra}, indent=1) + "\n")
+    print_fn(report.summary())
+    if extra.get("pairs"):
+        print_fn(f"  pairs file: {extra['pairs']}")
+    return report
+
+
+def align_dataset(dataset: str, config: Config, src: str | Path | None = None, dst: str | Path | None = None, *,
+                  workers: int = 0, show_progress: bool = True, print_fn: Callable[[str], None] = print) -> list[AlignReport]:
+    """``prepare_training_data.py --align DATASET``: every job of the dataset, with the configured detector."""
+    jobs = align_jobs(dataset, config, src, dst)
+    detector = detector_for_alignment(config, select_device(config.runtime.device))
+    log = BadInputLog(strict=config.runtime.strict)
+    reports = [run_job(job, config, detector, workers=workers, log=log, show_progress=show_progress, print_fn=print_fn)
+               for job in jobs]
+    if len(log):
+        print_fn(log.summary())
+    return reports

@@ -1,0 +1,179 @@
+"""Alignment of identity datasets: face choice, framing, held-out pairs, and the real detector on real photos
+through ``prepare_training_data.py --align`` (no face / several faces / unreadable, resume, .rec source)."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import prepare_training_data
+from config import load_config
+from datasets.align_dataset import (PROGRESS_FILE, REPORT_FILE, align_jobs, choose_face, framing_margins, list_photos,
+                                    make_pairs, split_identities)
+from datasets.lfw import read_pairs, write_pairs
+from datasets.recordio import RecordHeader, pack_record, write_recordio
+from models.detector import Detections
+from utils.align import align_faces
+from utils.cli import run
+from utils.errors import ConfigError
+from utils.images import read_image, write_image
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine a second spinning thread costs far more than it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _detections(boxes: list[list[float]]) -> Detections:
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return Detections(b, torch.ones(len(b)), torch.zeros(len(b), 5, 2))
+
+
+def test_face_choice_rules() -> None:
+    faces = _detections([[0, 0, 60, 60], [45, 45, 75, 75], [80, 0, 100, 30]])  # big corner face, small central one
+    assert choose_face(faces, 120, 120, "largest") == 0
+    assert choose_face(faces, 120, 120, "central") == 1
+    assert choose_face(_detections([]), 120, 120, "largest") is None
+    with pytest.raises(ValueError, match="selection rule"):
+        choose_face(faces, 120, 120, "first")
+
+
+def test_training_crop_centre_is_the_evaluation_crop() -> None:
+    rng = np.random.default_rng(0)
+    image = (rng.random((200, 200, 3)) * 255).astype(np.uint8)
+    image = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(image).permute(2, 0, 1).float()[None], 5, 1, 2)[0]
+                       .permute(1, 2, 0)).astype(np.uint8)  # smooth, so resampling differences stay small
+    points = torch.tensor([[[80.0, 90.0], [120.0, 88.0], [100.0, 110.0], [84.0, 130.0], [118.0, 129.0]]])
+    train_margin, eval_margin = framing_margins(91, 80, 6.0)
+    big = align_faces(image, points, size=91, margin=train_margin).float()
+    small = align_faces(image, points, size=80, margin=eval_margin).float()
+    centre = big[..., 5:85, 5:85]  # (91 - 80) / 2 = 5.5: within half a pixel
+    assert (centre - small).abs().mean() < 6.0, "the training crop's centre shows the evaluation framing"
+
+
+def test_held_out_identities_and_their_pairs_file(tmp_path: Path) -> None:
+    train, held = split_identities([f"id{i}" for i in range(12)] * 2, 5, seed=3)
+    assert len(held) == 5 and len(train) == 7 and not set(train) & set(held)
+    assert split_identities([f"id{i}" for i in range(12)], 5, seed=3) == (train, held)
+    with pytest.raises(ConfigError):
+        split_identities(["a", "b"], 2, seed=0)
+    for number, name in enumerate(held):
+        (tmp_path / name).mkdir()
+        for index in range(1, 3 + number % 2 + 1):
+            (tmp_path / name / f"{name}_{index:04d}.jpg").touch()
+    (tmp_path / held[0] / "notes.txt").touch()
+    folds = make_pairs(tmp_path, folds=2, pairs_per_fold=4, seed=1)
+    assert folds == make_pairs(tmp_path, folds=2, pairs_per_fold=4, seed=1)
+    people = [{p.name_a for p in fold} | {p.name_b for p in fold} for fold in folds]
+    assert not people[0] & people[1], "folds are identity-disjoint"
+    for fold in folds:
+        assert [p.same for p in fold] == [True] * 4 + [False] * 4
+        assert len(set(fold)) == 8
+        for pair in fold:
+            assert (tmp_path / pair.name_a / f"{pair.name_a}_{pair.index_a:04d}.jpg").is_file()
+            assert (tmp_path / pair.name_b / f"{pair.name_b}_{pair.index_b:04d}.jpg").is_file()
+    write_pairs(tmp_path / "pairs.txt", folds)
+    assert read_pairs(tmp_path / "pairs.txt").pairs == [p for fold in folds for p in fold]
+
+
+def test_dataset_names_map_to_config_paths(tmp_path: Path) -> None:
+    config = load_config(None, [f"paths.data_root={tmp_path}", "align.holdout_identities=3"])
+    jobs = align_jobs("synthetic", config)
+    assert [j.name for j in jobs] == ["train", "lfw_val", "lfw_test"]
+    assert jobs[0].source == config.path("identities") and jobs[0].out == config.path("aligned") / "train"
+    assert jobs[0].holdout == 3 and jobs[1].kind == "eval" and jobs[1].pairs == config.path("val_pairs")
+    assert jobs[1].out == config.path("aligned") / "lfw_val" / "images"
+    assert align_jobs("celeba", config, dst=tmp_path / "x")[0].out == tmp_path / "x" / "train"
+    with pytest.raises(ConfigError, match="--align-src"):
+        align_jobs("folder", config)
+
+
+def _align(tmp_path: Path, weights: Path, *extra: str) -> int:
+    argv = ["--set", f"paths.data_root={tmp_path / 'data'}", "--set", "runtime.workers=0",
+            "--set", "align.train_size=56", "--set", "align.eval_size=48", "--set", "align.batch_images=4",
+            *[item for net in ("pnet", "rnet", "onet") for item in ("--set", f"paths.{net}={weights}")], *extra]
+    return run(prepare_training_data.main, prepare_training_data.get_args_parser(), argv)
+
+
+def test_align_real_photos_reports_and_resumes(tmp_path: Path, shared_data: Path, pretrained_mtcnn: Path) -> None:
+    celeba = shared_data / "celeba_identities_subset"
+    people = sorted(p for p in celeba.iterdir() if p.is_dir())[:2]
+    src = tmp_path / "src"
+    for name, person in zip(("alice", "bob"), people):
+        (src / name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            shutil.copy(photo, src / name / photo.name)
+    (src / "carol").mkdir()
+    shutil.copy(shared_data / "photos" / "multiface.jpg", src / "carol" / "group.jpg")
+    write_image(src / "carol" / "blank.png", np.full((120, 120, 3), 128, np.uint8))
+    (src / "carol" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    dst = tmp_path / "aligned"
+
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        code = _align(tmp_path, pretrained_mtcnn, "--align", "folder", "--align-src", str(src), "--align-dst", str(dst))
+    assert code == 0
+    report = json.loads((dst / "train" / REPORT_FILE).read_text())
+    assert report["photos"] == 7
+    assert [Path(p).name for p in report["no_face"]] == ["blank.png"]
+    assert [Path(p).name for p in report["unreadable"]] == ["broken.jpg"]
+    assert [(Path(p).name, n >= 2) for p, n in report["several_faces"]] == [("group.jpg", True)]
+    assert report["aligned"] == 5
+    crops = sorted(p.relative_to(dst / "train").as_posix() for p in (dst / "train").rglob("*.jpg"))
+    assert crops == sorted([f"alice/{p.name}" for p in (src / "alice").iterdir()]
+                           + [f"bob/{p.name}" for p in (src / "bob").iterdir()] + ["carol/group.jpg"])
+    assert read_image(dst / "train" / crops[0]).shape == (56, 56, 3)
+    assert not list(dst.rglob("*.tmp")), "no half-written files"
+
+    first = {p: p.stat().st_mtime_ns for p in (dst / "train").rglob("*.jpg")}
+    (dst / "train" / crops[0]).unlink()
+    assert _align(tmp_path, pretrained_mtcnn, "--align", "folder", "--align-src", str(src), "--align-dst", str(dst)) == 0
+    again = json.loads((dst / "train" / REPORT_FILE).read_text())
+    assert again["resumed"] == 6 and again["aligned"] == 5 and len(again["no_face"]) == 1
+    assert (dst / "train" / crops[0]).is_file(), "the missing crop was made again"
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items() if p.name != Path(crops[0]).name)
+    assert len((dst / "train" / PROGRESS_FILE).read_text().splitlines()) == 8
+
+    strict_dst = tmp_path / "strict"
+    assert _align(tmp_path, pretrained_mtcnn, "--align", "folder", "--align-src", str(src), "--align-dst",
+                  str(strict_dst), "--strict") == 2
+
+
+def test_rec_source_with_held_out_identities(tmp_path: Path, shared_data: Path, pretrained_mtcnn: Path) -> None:
+    celeba = shared_data / "celeba_identities_subset"
+    records = []
+    for label, person in enumerate(sorted(p for p in celeba.iterdir() if p.is_dir())[:6]):
+        for photo in sorted(person.glob("*.jpg"))[:3]:
+            header = RecordHeader(0, (float(label),), len(records) + 1, 0)
+            records.append((len(records) + 1, pack_record(header, photo.read_bytes())))
+    first = RecordHeader(2, (float(len(records) + 1), float(len(records) + 1)), 0, 0)
+    write_recordio(tmp_path / "faces" / "train.rec", [(0, pack_record(first, b"")), *records])
+    photos, _ = list_photos(tmp_path / "faces" / "train.rec")
+    assert len(photos) == 18 and sorted({p.identity for p in photos}) == [str(i) for i in range(6)]
+    assert [p.number for p in photos[:4]] == [1, 2, 3, 1]
+
+    dst = tmp_path / "aligned"
+    assert _align(tmp_path, pretrained_mtcnn, "--align", "ms_celeb_1m", "--align-src", str(tmp_path / "faces"),
+                  "--align-dst", str(dst), "--set", "align.holdout_identities=4", "--set", "align.holdout_folds=2",
+                  "--set", "align.holdout_pairs_per_fold=2") == 0
+    report = json.loads((dst / "train" / REPORT_FILE).read_text())
+    held = report["held_out_identities"]
+    assert len(held) == 4 and report["photos"] == 18
+    train_ids = {p.name for p in (dst / "train").iterdir() if p.is_dir()}
+    assert not train_ids & set(held) and train_ids <= {str(i) for i in range(6)}
+    test_images = dst / "test" / "images"
+    for crop in test_images.rglob("*.jpg"):
+        assert crop.parent.name in held and crop.stem.startswith(f"{crop.parent.name}_")
+        assert read_image(crop).shape == (48, 48, 3)
+    pairs = read_pairs(dst / "test" / "pairs.txt")
+    assert pairs.num_folds == 2 and pairs.pairs_per_fold == report["pairs_per_fold"] >= 1
+    for pair in pairs.pairs:
+        assert (test_images / pair.name_a / f"{pair.name_a}_{pair.index_a:04d}.jpg").is_file()

@@ -1,0 +1,215 @@
+"""train_facenet.py: a reduced synthetic preset learns (held-out pair accuracy well above chance, triplet loss
+falls), an interrupted run resumes exactly, bad data is handled as DESIGN.md says, DDP runs under torchrun."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import train_facenet
+from datasets.align_dataset import framing_margins
+from datasets.landmarks import landmark_image_path, read_landmark_list
+from datasets.synthetic import SyntheticSpec, generate_synthetic_set
+from models.system import load_embedder
+from train_facenet import FaceCrops, augment, load_pairs_set
+from utils.align import align_faces
+from utils.cli import run
+from utils.errors import BadInputLog
+from utils.images import read_image, write_image
+
+TRAIN_SIZE, EVAL_SIZE = 36, 32
+SPEC = SyntheticSpec(seed=5, train_scenes=0, val_scenes=0, landmark_train=0, landmark_test=0, train_identities=16,
+                     images_per_identity=5, val_identities=8, val_images_per_identity=5, val_folds=2,
+                     val_pairs_per_fold=20, test_identities=4, test_images_per_identity=2, test_folds=2,
+                     test_pairs_per_fold=1, identity_width=(80, 90), identity_height=(90, 100), lfw_image_size=64)
+TINY = ["facenet.input_size=32", "facenet.width=0.25", "facenet.embedding_size=32", "facenet.identities_per_batch=8",
+        "facenet.images_per_identity=4", "facenet.lr=0.005", "facenet.warmup_steps=2", "facenet.val_batch_size=64",
+        "facenet.val_loss_batches=2", f"align.train_size={TRAIN_SIZE}", f"align.eval_size={EVAL_SIZE}",
+        "runtime.workers=0", "runtime.device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine a second spinning thread costs far more than it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _align_list(list_path: Path, out_root: Path, size: int, margin: float, rename: bool) -> None:
+    """Write crops of every face in a landmark list, aligned by its true landmarks (the detector is tested elsewhere)."""
+    for face in read_landmark_list(list_path):
+        source = landmark_image_path(list_path, face)
+        crop = align_faces(read_image(source), torch.tensor(face.landmarks)[None], size=size, margin=margin)[0]
+        target = out_root / source.parent.name / source.name if rename else out_root / source.relative_to(list_path.parent / "identities")
+        write_image(target, crop.permute(1, 2, 0).numpy())
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic set, aligned as prepare_training_data.py --align lays it out, plus awkward training data:
+    an identity with one image, one with fewer than K images, and a corrupt file."""
+    root = tmp_path_factory.mktemp("facenet")
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as the generator's own worker processes do
+    try:
+        generate_synthetic_set(root / "synthetic", SPEC, workers=1, progress=False)
+    finally:
+        cv2.setNumThreads(threads)
+    train_margin, eval_margin = framing_margins(TRAIN_SIZE, EVAL_SIZE, 0.0)
+    _align_list(root / "synthetic" / "identity_landmarks.txt", root / "aligned" / "train", TRAIN_SIZE, train_margin, False)
+    val = root / "synthetic" / "lfw_val"
+    _align_list(val / "landmarks.txt", root / "aligned" / "lfw_val" / "images", EVAL_SIZE, eval_margin, True)
+    (root / "aligned" / "lfw_val" / "pairs.txt").write_bytes((val / "pairs.txt").read_bytes())
+    train = root / "aligned" / "train"
+    lone, small = train / "zz_single", train / "zz_small"
+    lone.mkdir()
+    small.mkdir()
+    for target in (lone / "1.jpg", small / "1.jpg", small / "2.jpg"):
+        target.write_bytes((train / "n000001" / "0001.jpg").read_bytes())
+    (train / "n000002" / "9999.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    return root / "aligned"
+
+
+def _train(aligned: Path, out: Path, *items: str, flags: tuple[str, ...] = ()) -> int:
+    """Run train_facenet.py in this process with the tiny settings plus ``items`` (``--set``) and ``flags``."""
+    argv = [*flags, "--output-dir", str(out), "--set", f"paths.aligned={aligned}"]
+    for item in TINY + list(items):
+        argv += ["--set", item]
+    return run(train_facenet.main, train_facenet.get_args_parser(), argv)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_reduced_synthetic_preset_learns(aligned: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="9999.jpg"):
+        assert _train(aligned, tmp_path, "facenet.epochs=10", "facenet.batches_per_epoch=5") == 0
+    train, val = _rows(tmp_path / "metrics_train.csv"), _rows(tmp_path / "metrics_val.csv")
+    assert len(train) == len(val) == 10
+    losses = [float(r["loss"]) for r in train]
+    accuracy = [float(r["val_accuracy"]) for r in val]
+    assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2]), f"triplet loss should fall: {losses}"
+    assert max(accuracy) >= 0.75, f"held-out pair accuracy should rise well above chance (0.5): {accuracy}"
+    assert float(train[-1]["triplet_accuracy"]) > float(train[0]["triplet_accuracy"])
+    for column in ("active_fraction", "mean_pos_dist", "mean_neg_dist", "images_per_s"):
+        assert column in train[0]
+    for column in ("val_loss", "val_auc", "val_val", "val_eer", "val_threshold", "val_accuracy_std"):
+        assert column in val[0]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["bad_inputs"] == 1, "the corrupt crop is skipped and counted"
+    assert report["best_validation"]["accuracy"] == pytest.approx(max(accuracy), abs=1e-9)
+    for name in ("best.pt", "last.pt", "roc.png", "loss_curves.png", "config.json"):
+        assert (tmp_path / name).is_file(), name
+
+    model = load_embedder(tmp_path / "best.pt", torch.device("cpu"))  # what the system loads
+    assert model.input_size == 32 and model.embedding_size == 32
+    assert _train(aligned, tmp_path, flags=("--test-only", "--flip")) == 0
+    evaluation = json.loads((tmp_path / "test_lfw_val" / "eval.json").read_text())
+    assert evaluation["flip"] is True and evaluation["num_folds"] == 2 and evaluation["accuracy"] > 0.6
+
+
+def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ("facenet.epochs=2", "facenet.batches_per_epoch=2", "facenet.accumulate=2", "facenet.val_every=5")
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "straight", *common) == 0
+
+    seen = {"epoch": -1, "batches": 0}
+    augment, one_epoch = train_facenet.augment, train_facenet.train_one_epoch
+
+    def epoch_of(model, loader, loss_fn, steps, device, epoch, *args, **kwargs):
+        seen.update(epoch=epoch, batches=0)
+        return one_epoch(model, loader, loss_fn, steps, device, epoch, *args, **kwargs)
+
+    def ctrl_c_in_epoch_two(*args, **kwargs):  # SIGINT during the first batch of the second epoch (mid-accumulation)
+        if seen["epoch"] == 1:
+            seen["batches"] += 1
+            if seen["batches"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+        return augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_facenet, "train_one_epoch", epoch_of)
+    monkeypatch.setattr(train_facenet, "augment", ctrl_c_in_epoch_two)
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "broken", *common) == 130
+    monkeypatch.setattr(train_facenet, "augment", augment)
+    saved = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["batches_done"] == 1 and saved["pending_grads"], "stopped between two steps"
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "broken", *common, flags=("--resume",)) == 0
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["model"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight), "the resumed run ends where the unbroken one does"
+    assert [r["epoch"] for r in _rows(tmp_path / "broken" / "metrics_train.csv")] == ["1", "2"]
+
+
+def test_bad_inputs_and_small_identities(aligned: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _train(aligned, tmp_path / "strict", "facenet.epochs=1", "runtime.strict=true") == 2
+    assert "9999.jpg" in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "skip", "facenet.epochs=1", "facenet.small_identities=skip",
+                      "facenet.val_loss_batches=0") == 0
+    out = capsys.readouterr().out
+    assert "1 single-image identities left out" in out and "1 identities with fewer than K images left out" in out
+    crops = FaceCrops([aligned / "train" / "n000002" / "9999.jpg", aligned / "train" / "n000002" / "0001.jpg"], [0, 0],
+                      16, preload=False)
+    batch = crops.__getitems__([0, 1])
+    assert batch.valid.tolist() == [False, True] and "9999.jpg" in batch.errors[0][0]
+    log = BadInputLog()
+    pairs = load_pairs_set(aligned / "lfw_val" / "pairs.txt", aligned / "lfw_val" / "images", 16, log)
+    assert pairs.dropped == 0 and pairs.num_folds == 2 and sorted(set(pairs.folds.tolist())) == [0, 1]
+
+
+def test_augment_crops_flips_and_jitters_on_the_batch() -> None:
+    torch.manual_seed(0)
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6).to(torch.uint8)
+    out = augment(images, 4, random_crop=True, flip=False, jitter=0.0)
+    assert out.shape == (2, 3, 4, 4) and out.dtype == torch.float32
+    for b in range(2):
+        windows = [images[b, :, y:y + 4, x:x + 4].float() for y in range(3) for x in range(3)]
+        assert any(torch.equal(out[b], w) for w in windows), "a random crop is a window of its own image"
+    centre = augment(images, 4, random_crop=False, flip=False)
+    assert torch.equal(centre, images[:, :, 1:5, 1:5].float())
+    flips = torch.stack([augment(images[:1], 6, random_crop=False, flip=True) for _ in range(20)])
+    assert any(torch.equal(f[0], images[0].float().flip(-1)) for f in flips) and any(torch.equal(f[0], images[0].float()) for f in flips)
+    jittered = augment(images, 6, random_crop=False, flip=False, jitter=0.4)
+    assert jittered.min() >= 0 and jittered.max() <= 255 and not torch.equal(jittered, images.float())
+
+
+def _ddp_process(rank: int, port: int, argv: list[str]) -> None:
+    """One process of a 2-process job with the environment torchrun sets (forked: no second interpreter start-up)."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    code = run(train_facenet.main, train_facenet.get_args_parser(), argv)
+    if code:
+        raise SystemExit(code)
+
+
+def test_ddp_on_cpu_with_two_processes(aligned: Path, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["--output-dir", str(tmp_path), "--set", f"paths.aligned={aligned}", "--set", "facenet.epochs=2",
+            "--set", "facenet.batches_per_epoch=4", "--set", "facenet.preload=false"]
+    for item in TINY:
+        argv += ["--set", item]
+    torch.multiprocessing.start_processes(_ddp_process, args=(port, argv), nprocs=2, start_method="fork")
+    rows = _rows(tmp_path / "metrics_train.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and int(rows[-1]["step"]) == 4, "4 batches shared by 2 processes"
+    assert (tmp_path / "best.pt").is_file() and len(_rows(tmp_path / "metrics_val.csv")) == 2
+    assert "bad_inputs" in json.loads((tmp_path / "report.json").read_text())

@@ -1,0 +1,682 @@
+"""Stage 2: train the face embedder with triplet loss on aligned identity crops; validate by the LFW protocol.
+
+    python prepare_training_data.py --align synthetic              # aligned crops first (the detector)
+    python train_facenet.py                                        # the synthetic preset (config defaults)
+    python train_facenet.py --config configs/facenet_real.json     # VGGFace2 -> LFW, Inception-ResNet-v1
+    python train_facenet.py --resume                               # continue from <output-dir>/last.pt
+    python train_facenet.py --test-only --flip                     # evaluate best.pt on the pairs file
+    torchrun --nproc_per_node 2 train_facenet.py ...               # DDP (rank 0 validates and writes)
+
+Batches hold P identities x K images (``facenet.identities_per_batch`` x ``images_per_identity``); the
+training crops (``align.train_size``, 182 px) are scaled by ``input_size / align.eval_size``, randomly
+cropped to the input size, flipped and colour-jittered on the device; the loss is the triplet loss with
+online semi-hard, batch-hard or batch-all mining (``utils/triplet.py``). Each epoch logs loss, share of
+active triplets, triplet accuracy (share of triplets whose negative is farther than the positive) and mean
+positive/negative distances, then validates on the pairs file: accuracy (mean +- std over its folds),
+threshold, VAL@FAR, AUC, EER, and the validation triplet loss. ``best.pt`` keeps the best validation
+accuracy; ``last.pt`` the full state for ``--resume``. Outputs in ``--output-dir`` (default: the folder of
+``paths.embedder``): config.json, metrics_train.csv, metrics_val.csv, roc.png, loss_curves.png, report.json.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from config import Config, FaceNetConfig
+from datasets.identity import IdentityFolder
+from datasets.lfw import check_pairs_images, lfw_image_path, read_pairs
+from datasets.samplers import PKBatchSampler
+from models.embedder import Embedder
+from models.inception_resnet_v1 import load_facenet_weights
+from models.system import load_embedder
+from utils.atomic import atomic_write_text
+from utils.checkpoint import load_checkpoint
+from utils.cli import add_config_args, config_from_args, run
+from utils.config_io import config_to_dict, save_config
+from utils.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from utils.errors import BadInputLog, ConfigError, DataError
+from utils.images import read_image
+from utils.logger import RunLogger
+from utils.metrics import VerificationResult, pair_scores, verification_metrics
+from utils.plots import plot_loss_curves, plot_roc, plot_score_histograms
+from utils.seed import seed_everything
+from utils.training import (Checkpointer, StepRunner, StopOnSignal, TrainingState, build_optimizer, build_scheduler,
+                            check_finite, unwrap)
+from utils.triplet import TripletLoss, TripletStats
+
+KIND = "facenet"
+STAT_NAMES = ("active_fraction", "triplet_accuracy", "mean_pos_dist", "mean_neg_dist")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line (every flag explained in ``--help``)."""
+    parser = argparse.ArgumentParser(
+        description="Train a face embedder (FaceNet) with triplet loss and online mining on aligned identity "
+                    "crops, validated each epoch by the LFW protocol on a pairs file.")
+    parser.add_argument("--output-dir", default=None,
+                        help="run folder for checkpoints, metrics and plots (default: the folder of paths.embedder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <output-dir>/last.pt (model, optimizer, schedule, RNG, epoch)")
+    parser.add_argument("--test-only", action="store_true",
+                        help="only evaluate an embedder on a pairs file (default: <output-dir>/best.pt on "
+                             "facenet.val_pairs)")
+    parser.add_argument("--weights", metavar="FILE", default=None,
+                        help="with --test-only: the embedder checkpoint to evaluate (default: <output-dir>/best.pt)")
+    parser.add_argument("--pairs", metavar="FILE", default=None,
+                        help="with --test-only: LFW-format pairs file (default: facenet.val_pairs)")
+    parser.add_argument("--images", metavar="DIR", default=None,
+                        help="with --test-only: aligned images in the LFW layout for --pairs (default: facenet.val_images)")
+    parser.add_argument("--flip", action="store_true",
+                        help="horizontal-flip test-time augmentation in validation and --test-only (facenet.val_flip)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes decoding images (default: runtime.workers); with facenet.preload they "
+                             "decode once at start, otherwise they stream batches")
+    parser.add_argument("--skip-nonfinite", action="store_true",
+                        help="skip batches whose loss is NaN/inf instead of stopping")
+    add_config_args(parser)
+    return parser
+
+
+def expand(config: Config, raw: str) -> Path:
+    """A facenet path with ``{data_root}``, ``{runs_dir}`` and ``{aligned}`` expanded."""
+    return Path(raw.format(data_root=config.paths.data_root, runs_dir=config.paths.runs_dir,
+                           aligned=config.path("aligned")))
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def load_crop(path: str | Path, side: int) -> np.ndarray:
+    """An aligned crop as ``side`` x ``side`` uint8 RGB: its centre square, resized (area averaging when shrinking)."""
+    image = read_image(path)
+    height, width = image.shape[:2]
+    if height != width:
+        s = min(height, width)
+        image = image[(height - s) // 2:(height - s) // 2 + s, (width - s) // 2:(width - s) // 2 + s]
+    if image.shape[0] != side:
+        shrink = image.shape[0] > side
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return np.ascontiguousarray(image)
+
+
+class _Decode(Dataset):
+    """Decode crops in DataLoader workers; unreadable files come back as their error text."""
+
+    def __init__(self, paths: list[Path], side: int) -> None:
+        self.paths, self.side = paths, side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return index, load_crop(self.paths[index], self.side), None
+        except DataError as error:
+            return index, None, error.reason
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+@dataclass
+class CropBatch:
+    """A batch of uint8 crops [B, 3, S, S], identity labels [B], which rows decoded, and the errors of the others."""
+
+    images: Tensor
+    labels: Tensor
+    valid: Tensor
+    errors: list[tuple[str, str]]
+
+    def pin_memory(self) -> "CropBatch":
+        """Pinned copies (DataLoader calls this with pin_memory=True)."""
+        return CropBatch(self.images.pin_memory(), self.labels.pin_memory(), self.valid, self.errors)
+
+
+class FaceCrops(Dataset):
+    """Aligned crops as ``side`` x ``side`` uint8 tensors with integer labels; ``dataset[indices]`` gives a CropBatch.
+
+    ``preload`` decodes every crop once (in ``workers`` processes) into one tensor, dropping unreadable files
+    (reported to ``log``): the fast path for sets that fit in memory. Otherwise crops are read per batch (in
+    DataLoader workers) and an unreadable one is flagged in the batch, reported and left out of that step.
+    """
+
+    def __init__(self, paths: list[Path], labels: list[int] | np.ndarray, side: int, *, preload: bool = True,
+                 workers: int = 0, log: BadInputLog | None = None, progress: bool = False, desc: str = "crops") -> None:
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.side = side
+        self.images: Tensor | None = None
+        if preload:
+            self._preload(workers, log if log is not None else BadInputLog(), progress, desc)
+
+    def _preload(self, workers: int, log: BadInputLog, progress: bool, desc: str) -> None:
+        store = torch.empty(len(self.paths), 3, self.side, self.side, dtype=torch.uint8)
+        ok = np.ones(len(self.paths), dtype=bool)
+        loader = DataLoader(_Decode(self.paths, self.side), batch_size=64, num_workers=workers, collate_fn=_passthrough)
+        with tqdm(total=len(self.paths), desc=f"loading {desc}", unit="img", disable=not progress, leave=False) as bar:
+            for items in loader:
+                for index, image, error in items:
+                    if image is None:
+                        log.report(DataError(self.paths[index], error))
+                        ok[index] = False
+                    else:
+                        store[index] = torch.from_numpy(image).permute(2, 0, 1)
+                bar.update(len(items))
+        keep = np.flatnonzero(ok)
+        self.images = store if ok.all() else store[torch.from_numpy(keep)]
+        self.paths = [self.paths[i] for i in keep]
+        self.labels = self.labels[keep]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitems__(self, indices: list[int]) -> CropBatch:
+        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
+        if self.images is not None:
+            images = self.images[torch.as_tensor(indices, dtype=torch.long)]
+            return CropBatch(images, labels, torch.ones(len(indices), dtype=torch.bool), [])
+        images = torch.zeros(len(indices), 3, self.side, self.side, dtype=torch.uint8)
+        valid = torch.ones(len(indices), dtype=torch.bool)
+        errors = []
+        for row, index in enumerate(indices):
+            try:
+                images[row] = torch.from_numpy(load_crop(self.paths[index], self.side)).permute(2, 0, 1)
+            except DataError as error:
+                valid[row] = False
+                errors.append((error.path, error.reason))
+        return CropBatch(images, labels, valid, errors)
+
+    def __getitem__(self, index: int) -> CropBatch:
+        return self.__getitems__([index])
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """The P x K sampler's batches for the current epoch, minus the first ``skip`` (done before an interruption)."""
+
+    def __init__(self, sampler: PKBatchSampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def training_side(config: Config) -> int:
+    """Side the training crops are scaled to: ``align.train_size`` at the scale that maps eval_size to input_size."""
+    return max(config.facenet.input_size, round(config.align.train_size * config.facenet.input_size / config.align.eval_size))
+
+
+def load_training_crops(config: Config, root: Path, workers: int, log: BadInputLog, progress: bool) -> tuple[FaceCrops, list[str]]:
+    """The identity folders of training crops (every identity kept here; the sampler decides who trains)."""
+    folder = IdentityFolder(root)
+    paths = [path for path, _ in folder.samples]
+    crops = FaceCrops(paths, folder.targets, training_side(config), preload=config.facenet.preload, workers=workers,
+                      log=log, progress=progress, desc="training crops")
+    return crops, folder.classes
+
+
+def augment(images: Tensor, size: int, random_crop: bool = True, flip: bool = True, jitter: float = 0.0) -> Tensor:
+    """uint8 crops [B, 3, S, S] -> float 0..255 [B, 3, size, size]: random (else centre) crop, random horizontal
+    flip and brightness/contrast/saturation jitter of strength ``jitter``, all drawn per image, batched on the device."""
+    batch, _, side, _ = images.shape
+    device = images.device
+    if side < size:
+        raise ValueError(f"crops of {side} px cannot give {size} px inputs")
+    if side == size:
+        x = images.float()
+    elif random_crop:
+        offsets = torch.randint(0, side - size + 1, (batch, 2), device=device)
+        steps = torch.arange(size, device=device)
+        rows = (offsets[:, 0, None] + steps)[:, :, None]
+        cols = (offsets[:, 1, None] + steps)[:, None, :]
+        x = images[torch.arange(batch, device=device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).float()
+    else:
+        start = (side - size) // 2
+        x = images[:, :, start:start + size, start:start + size].float()
+    if flip:
+        mirrored = torch.rand(batch, device=device) < 0.5
+        x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
+    if jitter > 0:
+        factors = 1.0 + (torch.rand(batch, 3, device=device) * 2.0 - 1.0) * jitter
+        brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
+        x = x * brightness
+        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = grey + (x - grey) * saturation
+        x = grey.mean(dim=(2, 3), keepdim=True) + (x - grey.mean(dim=(2, 3), keepdim=True)) * contrast
+        x = x.clamp(0.0, 255.0)
+    return x.contiguous()
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairsSet:
+    """A pairs file resolved to its images: every image once (with its identity label), pair rows into them,
+    same/different flags, fold id per pair (file order), and how many pairs were dropped for missing images."""
+
+    crops: FaceCrops
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+    num_folds: int
+    dropped: int
+    path: Path
+    missing_images: list[str]
+
+    def describe(self) -> str:
+        """One line: the file, pairs used, folds, and what was left out."""
+        text = f"{self.path} ({len(self.same)} pairs in {self.num_folds} folds"
+        if self.dropped:
+            text += (f"; {self.dropped} pairs left out, {len(self.missing_images)} of their images have no aligned "
+                     f"crop, e.g. {self.missing_images[0] if self.missing_images else 'unreadable files'}")
+        return text + ")"
+
+
+def load_pairs_set(pairs_file: Path, images_root: Path, side: int, log: BadInputLog, workers: int = 0,
+                   progress: bool = False) -> PairsSet:
+    """Read an LFW pairs file and its aligned images (resized to ``side``); pairs with a missing image (the
+    aligner found no face there) are left out and counted (with a strict ``log``: an error), pairs with an
+    unreadable image are left out and reported through ``log``."""
+    parsed = read_pairs(pairs_file)
+    missing = BadInputLog(strict=log.strict)
+    kept: list[tuple[int, Any]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # expected after alignment; summarised in one line by the caller
+        for number, fold in enumerate(parsed.folds):
+            kept += [(number, pair) for pair in check_pairs_images(fold, images_root, log=missing)]
+    files = sorted({(name, index) for _, pair in kept
+                    for name, index in ((pair.name_a, pair.index_a), (pair.name_b, pair.index_b))})
+    names = sorted({name for name, _ in files})
+    crops = FaceCrops([lfw_image_path(images_root, n, i) for n, i in files], [names.index(n) for n, _ in files], side,
+                      preload=True, workers=workers, log=log, progress=progress, desc="validation crops")
+    row = {(Path(p).parent.name, int(Path(p).stem.rsplit("_", 1)[1])): r for r, p in enumerate(crops.paths)}
+    usable = [(fold, pair) for fold, pair in kept
+              if (pair.name_a, pair.index_a) in row and (pair.name_b, pair.index_b) in row]
+    if not usable:
+        raise DataError(pairs_file, f"no pair has both images under {images_root} (align the set first: "
+                                    "prepare_training_data.py --align)")
+    return PairsSet(crops,
+                    np.array([row[(p.name_a, p.index_a)] for _, p in usable]),
+                    np.array([row[(p.name_b, p.index_b)] for _, p in usable]),
+                    np.array([p.same for _, p in usable]),
+                    np.array([fold for fold, _ in usable]),
+                    parsed.num_folds, len(parsed.pairs) - len(usable), pairs_file,
+                    sorted({problem.path for problem in missing.problems}))
+
+
+def embed_crops(model: Embedder, crops: FaceCrops, device: torch.device, batch_size: int, flip: bool) -> Tensor:
+    """Embeddings [N, D] (CPU) of every crop, in eval mode, with optional flip test-time augmentation."""
+    chunks = [list(range(i, min(i + batch_size, len(crops)))) for i in range(0, len(crops), batch_size)]
+    return torch.cat([model.embed(crops.__getitems__(chunk).images, batch_size=batch_size, flip=flip, device=device)
+                      for chunk in chunks]) if chunks else torch.empty(0, model.embedding_size)
+
+
+def validation_loss(embeddings: Tensor, labels: np.ndarray, loss_fn: TripletLoss, p: int, k: int, batches: int,
+                    seed: int) -> dict[str, float]:
+    """Triplet loss and statistics on fixed P x K batches of the validation identities (empty when they are too few)."""
+    if batches == 0:
+        return {}
+    try:
+        sampler = PKBatchSampler(labels, min(p, len(np.unique(labels))), k, seed=seed, batches_per_epoch=batches,
+                                 num_replicas=1, rank=0)
+    except ConfigError:
+        return {}
+    totals: dict[str, float] = {}
+    for batch in sampler:
+        loss, stats = loss_fn(embeddings[batch], torch.from_numpy(labels[batch]))
+        values = {"val_loss": float(loss), **{f"val_{name}": v for name, v in stats.as_floats().items() if name in STAT_NAMES}}
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value / len(sampler)
+    return totals
+
+
+def evaluate(model: nn.Module, pairs: PairsSet, device: torch.device, cfg: FaceNetConfig, loss_fn: TripletLoss | None,
+             flip: bool = False) -> tuple[VerificationResult, dict[str, float], np.ndarray]:
+    """The LFW protocol on the pairs set (cosine similarity, the pairs file's folds) and the validation
+    triplet loss; returns (metrics, loss figures, pair scores)."""
+    net = unwrap(model)
+    embeddings = embed_crops(net, pairs.crops, device, cfg.val_batch_size, flip)
+    scores, higher = pair_scores(embeddings[pairs.first].numpy(), embeddings[pairs.second].numpy(), "cosine")
+    folds: Any = pairs.folds if len(np.unique(pairs.folds)) >= 2 else 10  # one-fold files: 10 blocks in file order
+    result = verification_metrics(scores, pairs.same, folds, higher_is_same=higher, far_target=cfg.far_target)
+    losses = {}
+    if loss_fn is not None:
+        losses = validation_loss(embeddings, pairs.crops.labels, loss_fn, cfg.identities_per_batch,
+                                 cfg.images_per_identity, cfg.val_loss_batches, seed=12345)
+    return result, losses, scores
+
+
+def save_roc(path: Path, result: VerificationResult, title: str) -> None:
+    """ROC curve PNG of one evaluation (accuracy and AUC in the legend)."""
+    plot_roc(path, {f"accuracy {result.accuracy:.4f}, AUC {result.auc:.4f}": (result.fpr, result.tpr)}, title=title)
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: FaceNetConfig) -> Embedder:
+    """The configured embedder (random initialisation, or facenet-pytorch weights from ``cfg.pretrained``)."""
+    width = cfg.width if cfg.backbone == "mobilefacenet" else 1.0
+    model = Embedder.build(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
+                           input_size=cfg.input_size, width=width)
+    if cfg.pretrained:
+        if cfg.backbone != "inception_resnet_v1":
+            raise ConfigError("facenet.pretrained: published FaceNet weights fit backbone inception_resnet_v1 only")
+        load_facenet_weights(model.backbone, cfg.pretrained)
+    return model
+
+
+def architecture(config: Config) -> dict[str, Any]:
+    """The ``embedder`` checkpoint entry: what ``models.system.load_embedder`` rebuilds the model from, and how
+    its faces were cut (alignment at eval_size, scaled to input_size)."""
+    cfg, a = config.facenet, config.align
+    return {"backbone": cfg.backbone, "embedding_size": cfg.embedding_size, "input_size": cfg.input_size,
+            "width": cfg.width if cfg.backbone == "mobilefacenet" else 1.0, "dropout": cfg.dropout,
+            "align": {"size": a.eval_size, "margin": a.margin, "method": a.method,
+                      "margin_at_input_size": a.margin * cfg.input_size / a.eval_size}}
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, cfg: FaceNetConfig,
+                        batches: int = 4) -> None:
+    """Set every batch norm's running statistics to their values on a few training batches (before training).
+
+    A fresh network's running variance starts at 1, far above what its thin depthwise layers produce; in eval
+    mode each such layer then shrinks the signal, and over tens of layers the embeddings collapse until the
+    moving averages catch up. Starting from measured statistics makes validation meaningful from epoch 1.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for batch in itertools.islice(iter(loader), batches):
+        images = batch.images[batch.valid].to(device, non_blocking=True)
+        model(augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+class _StatSums:
+    """Running sums of loss and triplet statistics, kept on the device (one sync per epoch)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.batches = 0
+
+    def add(self, loss: Tensor, stats: TripletStats) -> None:
+        values = {"loss": loss.detach().float(), **{n: getattr(stats, n).detach().float() for n in STAT_NAMES}}
+        for key, value in values.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.batches += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        stacked = torch.stack([self.sums[k] for k in self.sums]).double() / max(self.batches, 1)
+        reduced = all_reduce_mean(stacked.cpu()).tolist()
+        return dict(zip(self.sums, reduced))
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: TripletLoss, steps: StepRunner, device: torch.device,
+                    epoch: int, state: TrainingState, logger: RunLogger, stop: StopOnSignal, cfg: FaceNetConfig,
+                    log: BadInputLog, skip_nonfinite: bool = False) -> dict[str, float]:
+    """One epoch of P x K batches; returns mean loss, active-triplet share, triplet accuracy, mean distances
+    (averaged over processes), images per second and the learning rate."""
+    model.train()
+    sums = _StatSums()
+    seen, started = 0, time.perf_counter()
+    bar = logger.progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))
+    for batch in bar:
+        for path, reason in batch.errors:
+            log.report(DataError(path, reason))
+        images, labels = batch.images, batch.labels
+        if batch.errors:
+            images, labels = images[batch.valid], labels[batch.valid]
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        inputs = augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter)
+        with steps.autocast():
+            embeddings = model(inputs)
+        loss, stats = loss_fn(embeddings.float(), labels)
+        if not check_finite(loss, f"epoch {epoch + 1}, step {state.step}", skip_nonfinite):
+            continue
+        if steps.backward(loss, model.parameters()):
+            state.step += 1
+        sums.add(loss, stats)
+        seen += len(labels)
+        if sums.batches % 10 == 0 and logger.enabled:
+            bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{float(stats.triplet_accuracy):.3f}")
+        if stop.requested:
+            break
+    out = sums.means()
+    out["batches"] = sums.batches
+    out["images_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
+    out["lr"] = steps.optimizer.param_groups[0]["lr"]
+    return out
+
+
+def pending_gradients(model: nn.Module) -> dict[str, Tensor]:
+    """Gradients accumulated but not yet applied (gradient accumulation between optimizer steps), by parameter."""
+    return {name: p.grad.detach().clone() for name, p in unwrap(model).named_parameters() if p.grad is not None}
+
+
+def restore_gradients(model: nn.Module, grads: dict[str, Tensor]) -> None:
+    """Put back gradients saved by :func:`pending_gradients` (an exact resume in mid-accumulation)."""
+    params = dict(unwrap(model).named_parameters())
+    for name, grad in grads.items():
+        params[name].grad = grad.to(params[name].device)
+
+
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision, on every process (the value itself in a single process)."""
+    if not (torch_dist.is_initialized() and torch_dist.get_world_size() > 1):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device if device.type == "cuda" else "cpu")
+    torch_dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
+
+
+def _result_row(result: VerificationResult, losses: dict[str, float], pairs: PairsSet) -> dict[str, float]:
+    row = {"val_accuracy": result.accuracy, "val_accuracy_std": result.accuracy_std, "val_threshold": result.threshold,
+           "val_val": result.val, "val_far": result.far, "val_auc": result.auc, "val_eer": result.eer,
+           "val_pairs": result.num_pairs, "val_pairs_dropped": pairs.dropped}
+    row.update(losses)
+    return row
+
+
+def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: torch.device, log: BadInputLog,
+              workers: int) -> dict[str, Any]:
+    """Evaluate an embedder checkpoint on a pairs file; print the LFW-protocol figures; write eval.json and plots."""
+    cfg = config.facenet
+    weights = Path(args.weights) if args.weights else run_dir / "best.pt"
+    model = load_embedder(weights, device)
+    pairs_file = Path(args.pairs) if args.pairs else expand(config, cfg.val_pairs)
+    images = Path(args.images) if args.images else expand(config, cfg.val_images)
+    pairs = load_pairs_set(pairs_file, images, model.input_size, log, workers, progress=True)
+    flip = args.flip or cfg.val_flip
+    result, _, scores = evaluate(model, pairs, device, cfg, None, flip)
+    out_dir = run_dir / f"test_{pairs_file.parent.name or 'pairs'}"
+    report = {"weights": str(weights), "pairs": str(pairs_file), "images": str(images), "flip": flip,
+              "pairs_dropped": pairs.dropped, **result.as_dict(),
+              "fold_accuracies": result.fold_accuracies, "fold_thresholds": result.fold_thresholds}
+    _write_json(out_dir / "eval.json", report)
+    save_roc(out_dir / "roc.png", result, f"{weights.name} on {pairs_file.name}")
+    plot_score_histograms(out_dir / "scores.png", scores, pairs.same, result.threshold, xlabel="cosine similarity")
+    print(f"{weights} on {pairs.describe()}, flip={flip}:")
+    print(f"  {result.summary()}")
+    print(f"report: {out_dir / 'eval.json'}")
+    return report
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train the embedder (or evaluate one with --test-only); returns the exit code."""
+    config = config_from_args(args)
+    cfg = config.facenet
+    dist = init_distributed(config.runtime.device)
+    try:
+        seed_everything(config.runtime.seed + dist.rank, config.runtime.deterministic)
+        workers = config.runtime.workers if args.workers is None else args.workers
+        run_dir = Path(args.output_dir) if args.output_dir else config.path("embedder").parent
+        log = BadInputLog(strict=config.runtime.strict)
+        if args.flip:
+            config.facenet.val_flip = True
+        if args.test_only:
+            if dist.is_main:
+                test_only(args, config, run_dir, dist.device, log, workers)
+            return 0
+        return train(args, config, run_dir, dist, log, workers)
+    finally:
+        cleanup_distributed()
+
+
+def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInfo, log: BadInputLog, workers: int) -> int:
+    """The training run: data, model, optimizer, epochs with validation, checkpoints, final report."""
+    cfg = config.facenet
+    started = time.perf_counter()
+    resume_path = run_dir / "last.pt" if args.resume and (run_dir / "last.pt").is_file() else None
+    resumed = load_checkpoint(resume_path, kind=KIND) if resume_path else None
+    logger = RunLogger(run_dir, enabled=dist.is_main, resume_epoch=resumed["epoch"] if resumed else None)
+    if dist.is_main:
+        save_config(config, run_dir / "config.json")
+
+    crops, classes = load_training_crops(config, expand(config, cfg.train_images), workers, log, dist.is_main)
+    sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=config.runtime.seed,
+                             small_identities=cfg.small_identities, batches_per_epoch=cfg.batches_per_epoch or None,
+                             num_replicas=dist.world_size, rank=dist.rank)
+    batches = ResumableBatches(sampler)
+    # The loader's own generator: creating an iterator then leaves the global RNG (augmentation) untouched,
+    # so a run resumed in the middle of an epoch draws the same numbers as an unbroken one.
+    loader = DataLoader(crops, batch_sampler=batches, collate_fn=_passthrough, pin_memory=dist.device.type == "cuda",
+                        num_workers=0 if cfg.preload else workers, persistent_workers=not cfg.preload and workers > 0,
+                        generator=torch.Generator().manual_seed(config.runtime.seed + dist.rank))
+    pairs = None
+    if dist.is_main:
+        pairs = load_pairs_set(expand(config, cfg.val_pairs), expand(config, cfg.val_images), cfg.input_size, log,
+                               workers, progress=True)
+
+    model: nn.Module = build_model(cfg).to(dist.device)
+    if dist.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    total_steps = math.ceil(cfg.epochs * len(sampler) / cfg.accumulate)
+    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps, min(cfg.warmup_steps, total_steps // 4))
+    steps = StepRunner(optimizer, scheduler, dist.device, config.runtime.amp, cfg.accumulate, cfg.clip_grad_norm)
+    checkpointer = Checkpointer(run_dir, KIND, config_to_dict(config), enabled=dist.is_main)
+    state = checkpointer.resume(resume_path, model, optimizer, steps) if resume_path else TrainingState()
+    if resumed:
+        restore_gradients(model, resumed.get("pending_grads", {}))
+    elif not cfg.pretrained:
+        calibrate_batchnorm(unwrap(model), loader, dist.device, cfg)
+    stale = int(resumed.get("stale_validations", 0)) if resumed else 0
+    skip = int(resumed.get("batches_done", 0)) if resumed else 0  # > 0: interrupted inside an epoch
+    loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
+    logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities ({training_side(config)} px -> "
+                f"{cfg.input_size} px inputs), {cfg.backbone} {cfg.embedding_size}-d, {cfg.mining} mining, margin "
+                f"{cfg.margin}; {len(sampler)} steps/epoch x {cfg.epochs} epochs; "
+                + (f"validation: {pairs.describe()}" if pairs is not None else ""))
+    extra = {"embedder": architecture(config)}
+    with StopOnSignal() as stop:
+        for epoch in range(state.epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            batches.skip, skip = skip, 0
+            epoch_start = time.perf_counter()
+            stats = train_one_epoch(model, loader, loss_fn, steps, dist.device, epoch, state, logger, stop, cfg, log,
+                                    args.skip_nonfinite)
+            if stop.requested:  # SIGINT/SIGTERM: keep the state after the last finished batch, then exit
+                checkpointer.save(model, optimizer, steps, state, extra={
+                    **extra, "stale_validations": stale, "batches_done": batches.skip + stats["batches"],
+                    "pending_grads": pending_gradients(model)})
+                raise KeyboardInterrupt
+            state.epoch = epoch + 1
+            train_seconds = time.perf_counter() - epoch_start
+            metric, row = None, {}
+            if dist.is_main and (state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs):
+                result, losses, _ = evaluate(model, pairs, dist.device, cfg, loss_fn, cfg.val_flip)
+                metric = result.accuracy + 1e-6 * result.auc  # ties in accuracy go to the better ranking
+                row = _result_row(result, losses, pairs)
+            if metric is not None:
+                stale = 0 if metric > state.best_metric else stale + 1
+            if checkpointer.save(model, optimizer, steps, state, metric=metric,
+                                 extra={**extra, "stale_validations": stale, "pending_grads": pending_gradients(model)}):
+                save_roc(run_dir / "roc.png", result, f"validation, epoch {state.epoch}")
+            if row:
+                logger.log("val", epoch=state.epoch, **row)
+            logger.log("train", epoch=state.epoch, step=state.step, seconds=round(train_seconds, 2), **stats)
+            message = (f"epoch {state.epoch}/{cfg.epochs}: loss {stats.get('loss', float('nan')):.4f}, active "
+                       f"{stats.get('active_fraction', float('nan')):.3f}, triplet acc "
+                       f"{stats.get('triplet_accuracy', float('nan')):.3f}, d+ {stats.get('mean_pos_dist', float('nan')):.3f} "
+                       f"d- {stats.get('mean_neg_dist', float('nan')):.3f}; {stats['images_per_s']:.0f} img/s")
+            if row:
+                message += (f"; val acc {row['val_accuracy']:.4f} +- {row['val_accuracy_std']:.4f}, AUC "
+                            f"{row['val_auc']:.4f}, VAL@FAR={cfg.far_target:g} {row['val_val']:.4f}"
+                            + (f", val loss {row['val_loss']:.4f}" if "val_loss" in row else ""))
+            logger.info(message)
+            stop_early = dist.is_main and cfg.early_stopping_patience > 0 and stale >= cfg.early_stopping_patience
+            if _broadcast_flag(stop_early, dist.device):
+                logger.info(f"early stopping: no better validation accuracy for {stale} validations")
+                break
+    if dist.is_main:
+        finish(run_dir, config, logger, checkpointer, pairs, log, time.perf_counter() - started, state, dist.device)
+    logger.close()
+    return 0
+
+
+def finish(run_dir: Path, config: Config, logger: RunLogger, checkpointer: Checkpointer, pairs: PairsSet | None,
+           log: BadInputLog, seconds: float, state: TrainingState, device: torch.device) -> None:
+    """Loss curves, the best checkpoint's validation figures (ROC PNG) and report.json."""
+    train_rows, val_rows = logger.rows("train"), logger.rows("val")
+    history: dict[str, list[float]] = {}
+    if train_rows:
+        history["loss/train"] = [float(r["loss"]) for r in train_rows]
+        history["triplet accuracy/train"] = [float(r["triplet_accuracy"]) for r in train_rows]
+    if val_rows:
+        history["loss/val"] = [float(r["val_loss"]) for r in val_rows if r.get("val_loss") not in (None, "")]
+        history["val accuracy"] = [float(r["val_accuracy"]) for r in val_rows]
+    if any(history.values()):
+        plot_loss_curves(run_dir / "loss_curves.png", history, title="FaceNet training")
+    report: dict[str, Any] = {"epochs": state.epoch, "steps": state.step, "seconds": round(seconds, 1),
+                              "bad_inputs": len(log), "best": str(checkpointer.best_path)}
+    if pairs is not None and checkpointer.best_path.is_file():
+        best = load_embedder(checkpointer.best_path, device)
+        result, _, _ = evaluate(best, pairs, device, config.facenet, None, config.facenet.val_flip)
+        save_roc(run_dir / "roc.png", result, "validation (best.pt)")
+        report["best_validation"] = result.as_dict()
+        logger.info(f"best.pt: {result.summary()}")
+    if len(log):
+        logger.info(log.summary())
+    _write_json(run_dir / "report.json", report)
+    logger.info(f"done in {seconds:.0f} s; best checkpoint {checkpointer.best_path}, report {run_dir / 'report.json'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, get_args_parser()))
