@@ -1,0 +1,214 @@
+"""Matchers: threshold and calibrated-classifier verification, pair building, save/load, wrong-embedder refusal."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.matcher import (
+    ClassifierMatcher,
+    MatcherMismatchError,
+    ThresholdMatcher,
+    balanced_pairs,
+    different_identity_pairs,
+    fit_classifier_on_identities,
+    identity_groups,
+    load_matcher,
+    pair_features,
+    simulate_open_set,
+)
+from utils.errors import DataError
+from utils.metrics import fine_tune_threshold, pair_scores
+
+HASH_A = "a" * 64
+HASH_B = "b" * 64
+
+
+def clustered_embeddings(identities: int, per_identity: int, spread: float, dim: int = 16,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings scattered around one random centre per identity: a stand-in for a trained embedder."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(identities, dim))
+    labels = np.repeat(np.arange(identities), per_identity)
+    emb = centres[labels] / np.sqrt(dim) + spread * rng.normal(size=(len(labels), dim)) / np.sqrt(dim)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), labels
+
+
+def test_pair_features_are_symmetric_and_hold_cosine_and_distance() -> None:
+    emb, _ = clustered_embeddings(3, 2, 0.5)
+    f_ab = pair_features(emb[:3], emb[3:])
+    f_ba = pair_features(emb[3:], emb[:3])
+    assert f_ab.shape == (3, 2 * 16 + 2)
+    np.testing.assert_allclose(f_ab, f_ba)
+    np.testing.assert_allclose(f_ab[:, -2], np.sum(emb[:3] * emb[3:], axis=1))
+    np.testing.assert_allclose(f_ab[:, -1], np.linalg.norm(emb[:3] - emb[3:], axis=1))
+
+
+def test_balanced_pairs_are_balanced_labelled_right_and_stay_inside_groups() -> None:
+    labels = np.repeat(np.arange(8), 5)
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    a, b, same = balanced_pairs(labels, 6, np.random.default_rng(0), groups)
+    assert same.sum() == (~same).sum() == 8 * 6
+    np.testing.assert_array_equal(labels[a] == labels[b], same)
+    np.testing.assert_array_equal(groups[labels[a]], groups[labels[b]])
+    assert np.all(a != b)
+    # an identity with only 3 images has 3 distinct same pairs, no more
+    a, b, same = balanced_pairs(np.repeat(np.arange(2), 3), 10, np.random.default_rng(0))
+    assert same.sum() == 6 and len({(int(x), int(y)) for x, y in zip(a[same], b[same])}) == 6
+
+
+def test_different_identity_pairs_enumerate_or_sample() -> None:
+    labels = np.repeat(np.arange(4), 3)
+    first, second = different_identity_pairs(labels, 1000, np.random.default_rng(0))
+    assert len(first) == (12 * 11 - 4 * 3 * 2) // 2 and np.all(labels[first] != labels[second])
+    assert len({(int(a), int(b)) for a, b in zip(first, second)}) == len(first)
+    first, second = different_identity_pairs(labels, 20, np.random.default_rng(0))
+    assert len(first) == 20 and np.all(labels[first] != labels[second])
+
+
+def test_identity_groups_leave_out_single_image_identities_and_spread_evenly() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 5])
+    groups = identity_groups(labels, 2, np.random.default_rng(0))
+    assert groups[2] == -1
+    assert sorted(np.bincount(groups[groups >= 0])) == [2, 3]
+
+
+def test_threshold_matcher_cosine_and_euclidean_decide_in_the_right_direction(tmp_path) -> None:
+    emb, labels = clustered_embeddings(10, 4, 0.6)
+    a, b, same = balanced_pairs(labels, 6, np.random.default_rng(1))
+    for metric in ("cosine", "euclidean"):
+        scores, higher = pair_scores(emb[a], emb[b], metric)
+        threshold, accuracy = fine_tune_threshold(scores, same, higher_is_same=higher)
+        matcher = ThresholdMatcher(threshold=threshold, metric=metric, embedding_size=16)
+        first, second = different_identity_pairs(labels, 10_000, np.random.default_rng(0))
+        matcher.set_far_curve(matcher.score(emb[first], emb[second]))
+        assert matcher.far_thresholds["negatives"] == len(first) == (40 * 39 - 10 * 4 * 3) // 2
+        decided = matcher.decide(matcher.score(emb[a], emb[b]))
+        assert np.mean(decided == same) == pytest.approx(accuracy)
+        assert accuracy > 0.85
+        path = matcher.save(tmp_path / f"{metric}.json", HASH_A)
+        loaded = load_matcher(path, HASH_A, embedding_size=16)
+        assert isinstance(loaded, ThresholdMatcher) and loaded.metric == metric
+        np.testing.assert_array_equal(loaded.decide(loaded.score(emb[a], emb[b])), decided)
+        # a stricter operating point accepts no more different-person pairs than the accuracy threshold
+        strict = loaded.threshold_at_far(1e-3)
+        assert loaded.decide(scores, strict)[~same].sum() <= decided[~same].sum()
+
+
+def test_classifier_learns_on_held_out_identities_and_is_calibrated() -> None:
+    emb, labels = clustered_embeddings(40, 6, 0.9, seed=2)
+    train = labels < 24  # identities 24..39 are never seen in fitting
+    matcher = fit_classifier_on_identities(emb[train], labels[train], pairs_per_identity=15, folds=4, seed=0)
+    test_emb, test_labels = emb[~train], labels[~train] - 24
+    a, b, same = balanced_pairs(test_labels, 15, np.random.default_rng(5))
+    probability = matcher.score(test_emb[a], test_emb[b])
+    accuracy = np.mean(matcher.decide(probability) == same)
+    chance_free_cosine, _ = pair_scores(test_emb[a], test_emb[b])
+    cosine_accuracy = fine_tune_threshold(chance_free_cosine, same)[1]  # best threshold chosen on the test pairs
+    assert accuracy > 0.85
+    assert accuracy > cosine_accuracy - 0.06  # close to an oracle threshold it never saw
+    # calibration: in each probability band, the share of same-person pairs is near the mean probability
+    for low, high in ((0.0, 0.3), (0.3, 0.7), (0.7, 1.0)):
+        band = (probability >= low) & (probability < high)
+        if band.sum() >= 30:
+            assert abs(same[band].mean() - probability[band].mean()) < 0.15
+    # the numpy re-implementation gives scikit-learn's own calibrated probabilities
+    features = pair_features(test_emb[a], test_emb[b])
+    np.testing.assert_allclose(probability, matcher.fitted_model.predict_proba(features)[:, 1], atol=1e-9)
+
+
+@pytest.mark.parametrize(("classifier", "calibration"), [("logistic", "isotonic"), ("linear_svm", "sigmoid")])
+def test_classifier_variants_save_and_load_to_the_same_probabilities(tmp_path, classifier: str, calibration: str) -> None:
+    emb, labels = clustered_embeddings(12, 5, 0.8, seed=3)
+    matcher = fit_classifier_on_identities(emb, labels, pairs_per_identity=8, classifier=classifier,
+                                           calibration=calibration, folds=3, seed=1)
+    a, b, same = balanced_pairs(labels, 8, np.random.default_rng(2))
+    features = pair_features(emb[a], emb[b])
+    expected = matcher.fitted_model.predict_proba(features)[:, 1]
+    matcher.set_far_curve(expected[~same])
+    path = matcher.save(tmp_path / "matcher.json", HASH_A)
+    assert path.stat().st_size < 20_000  # a small file
+    loaded = load_matcher(path, HASH_A)
+    assert isinstance(loaded, ClassifierMatcher)
+    assert (loaded.classifier, loaded.calibration) == (classifier, calibration)
+    np.testing.assert_allclose(loaded.score(emb[a], emb[b]), expected, atol=1e-9)
+    assert 0.0 <= loaded.threshold_at_far(0.01) <= 1.0
+
+
+def open_set_acceptance(matcher: ThresholdMatcher, emb: np.ndarray, labels: np.ndarray, enrolled: int,
+                        threshold: float, rng: np.random.Generator) -> float:
+    """Share of probes of people not in a gallery of ``enrolled`` people (2 images each) accepted at ``threshold``."""
+    rates = []
+    for _ in range(20):
+        order = rng.permutation(np.unique(labels))
+        rows = np.concatenate([rng.choice(np.flatnonzero(labels == k), 2, replace=False) for k in order[:enrolled]])
+        probes = emb[np.isin(labels, order[enrolled:])]
+        rates.append(np.mean(matcher.score_matrix(probes, emb[rows]).max(axis=1) >= threshold))
+    return float(np.mean(rates))
+
+
+def test_open_set_threshold_from_simulated_galleries_holds_on_new_identities() -> None:
+    emb, labels = clustered_embeddings(60, 5, 1.0, seed=4)
+    matcher = ThresholdMatcher(threshold=0.3, metric="cosine", embedding_size=16)
+    matcher.open_set = simulate_open_set(matcher, emb, labels, 2, 20, np.random.default_rng(0))
+    assert matcher.open_set["gallery_identities"] == 30 and len(matcher.open_set["best_impostor"]) == 20 * 30 * 5
+    new_emb, new_labels = clustered_embeddings(80, 5, 1.0, seed=5)  # people never seen in calibration
+    rng = np.random.default_rng(1)
+    for target, gallery in ((0.05, 30), (0.05, 60), (0.2, 30)):
+        threshold = matcher.open_set_threshold(target, gallery)
+        realised = open_set_acceptance(matcher, new_emb, new_labels, gallery, threshold, rng)
+        assert target / 2.5 <= realised <= target * 2.0, (target, gallery, realised)
+    # a larger gallery gives impostors more chances: the threshold rises
+    assert matcher.open_set_threshold(0.05, 60) > matcher.open_set_threshold(0.05, 30)
+    # never looser than the matcher's own decision threshold; no calibration -> None
+    assert matcher.open_set_threshold(0.99, 1) == matcher.threshold
+    assert ThresholdMatcher(threshold=0.3).open_set_threshold(0.05, 30) is None
+
+
+def test_score_matrix_equals_row_wise_scores() -> None:
+    emb, labels = clustered_embeddings(6, 3, 0.7)
+    matcher = fit_classifier_on_identities(emb, labels, pairs_per_identity=3, folds=2)
+    matrix = matcher.score_matrix(emb[:4], emb, chunk=7)
+    for i in range(4):
+        np.testing.assert_allclose(matrix[i], matcher.score(np.repeat(emb[i:i + 1], len(emb), 0), emb))
+
+
+def test_loading_with_another_embedder_is_a_one_line_error(tmp_path) -> None:
+    matcher = ThresholdMatcher(threshold=0.5, metric="cosine", embedding_size=16)
+    path = matcher.save(tmp_path / "matcher.json", HASH_A)
+    with pytest.raises(MatcherMismatchError) as info:
+        load_matcher(path, HASH_B)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert HASH_A[:12] in message and HASH_B[:12] in message and "train_matching.py" in message
+    with pytest.raises(MatcherMismatchError, match="16-d"):
+        load_matcher(path, HASH_A, embedding_size=128)
+    assert load_matcher(path).threshold == 0.5  # no embedder given: no check
+
+
+def test_saving_needs_the_embedder_hash(tmp_path) -> None:
+    with pytest.raises(ValueError, match="SHA-256"):
+        ThresholdMatcher(threshold=0.5).save(tmp_path / "m.json")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("not json {", "invalid JSON"),
+    (json.dumps({"kind": "threshold"}), "not a matcher file"),
+    (json.dumps({"format": "face-matcher", "version": 99}), "version 99"),
+    (json.dumps({"format": "face-matcher", "version": 1, "kind": "threshold", "threshold": 0.5}), "malformed"),
+])
+def test_bad_matcher_files_name_the_file_and_the_problem(tmp_path, content: str, expected: str) -> None:
+    path = tmp_path / "matcher.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=expected) as info:
+        load_matcher(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(DataError, match="not found"):
+        load_matcher(tmp_path / "absent.json")
+
+
+def test_classifier_refuses_too_few_identities() -> None:
+    emb, labels = clustered_embeddings(3, 4, 0.5)
+    with pytest.raises(ValueError, match="at least 4 identities"):
+        fit_classifier_on_identities(emb, labels)
