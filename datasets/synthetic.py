@@ -125,19 +125,13 @@ def _prepare_folder(out_dir: Path) -> None:
             target.unlink()
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork where the platform has it (workers start at once and share the parent's imports: they only
-    draw with numpy and OpenCV), spawn elsewhere."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
 def generate_synthetic_set(out_dir: str | Path, spec: SyntheticSpec | None = None, workers: int = 2, *,
                            progress: bool = True, force: bool = False) -> dict[str, int]:
     """Write the synthetic set under ``out_dir`` and return its counts (also stored in manifest.json).
 
     A folder holding a complete set made from the same spec is left as it is unless ``force``.
-    ``workers`` > 1 renders in that many processes; the files are byte-identical for any worker count.
+    ``workers`` > 1 renders in that many spawned processes (so a calling script needs the usual
+    ``if __name__ == "__main__":`` guard); the files are byte-identical for any worker count.
     """
     out_dir = Path(out_dir)
     spec = spec or SyntheticSpec()
@@ -151,7 +145,8 @@ def generate_synthetic_set(out_dir: str | Path, spec: SyntheticSpec | None = Non
     render = partial(render_item, spec)
     results = []
     if workers > 1:
-        with _pool_context().Pool(workers, initializer=init_worker) as pool:
+        # spawn, not fork: a forked child can hang on OpenCV / OpenMP thread pools the parent already used
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker) as pool:
             for result in tqdm(pool.imap(render, items, chunksize=8), total=len(items), desc="synthetic faces",
                                unit="img", disable=not progress):
                 results.append(result)

@@ -13,9 +13,9 @@ import numpy as np
 
 Colour = tuple[float, float, float]
 
-SKIN_TONES: tuple[Colour, ...] = (
-    (252, 222, 196), (240, 196, 166), (226, 176, 140), (205, 150, 110),
-    (182, 128, 90), (150, 100, 68), (118, 78, 52), (88, 58, 40),
+SKIN_TONES: tuple[Colour, ...] = (  # albedos: lit faces go above them, so the palest stays off white
+    (234, 198, 172), (224, 184, 152), (212, 166, 130), (196, 144, 108),
+    (176, 124, 88), (148, 100, 68), (118, 78, 52), (88, 58, 40),
 )
 HAIR_COLOURS: tuple[Colour, ...] = (
     (26, 22, 20), (58, 38, 26), (98, 64, 38), (146, 104, 64), (206, 170, 110),

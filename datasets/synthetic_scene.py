@@ -233,7 +233,7 @@ def _attributes(model: FaceModel, height: float, face_blur: float, camera: Camer
     relative = sigma / height
     blur = 0 if sigma < 0.6 or relative < 0.012 else (2 if relative > 0.04 else 1)
     expression = int(V.mouth_open > 0.6 or (V.smile > 0.85 and V.mouth_open > 0.3) or abs(V.brow_raise) > 0.85)
-    illumination = int(gain < 0.55 or gain > 1.5 or V.light_strength > 0.85)
+    illumination = int(gain < 0.55 or gain > 1.5 or V.light_strength > 0.9)
     occlusion = 0 if visible > 0.9 else (1 if visible > 0.6 else 2)
     pose = int(abs(V.roll) > 30 or abs(V.yaw) > 0.4)
     return blur, expression, illumination, 0, occlusion, pose
