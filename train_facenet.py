@@ -540,7 +540,6 @@ def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: t
 def main(args: argparse.Namespace) -> int:
     """Train the embedder (or evaluate one with --test-only); returns the exit code."""
     config = config_from_args(args)
-    cfg = config.facenet
     dist = init_distributed(config.runtime.device)
     try:
         seed_everything(config.runtime.seed + dist.rank, config.runtime.deterministic)

@@ -248,7 +248,13 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     system_args = ["--pairs", str(pairs), "--set", "system.unknown_fraction=0.25", *common]
     zero_floors = [f"--set=system.{k}=0" for k in ("min_detection_recall", "min_verification_accuracy",
                                                    "min_identification_top1")] + ["--set=system.max_impostor_accept_rate=1"]
-    code = run(test_system.main, test_system.get_args_parser(), system_args + zero_floors)
+    distractors = tmp_path / "distractors"
+    for person in ("Serena_Williams", "John_Ashcroft", "Jean_Chretien"):
+        for source in lfw_images(lfw12, person, 2):
+            (distractors / person).mkdir(parents=True, exist_ok=True)
+            (distractors / person / source.name).write_bytes(source.read_bytes())
+    code = run(test_system.main, test_system.get_args_parser(),
+               system_args + zero_floors + ["--distractors", str(distractors), "--set=system.distractor_identities=2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for line in ("images read", "faces detected", "alignment failures", "verification accuracy",
@@ -256,12 +262,16 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
         assert line in captured.out
     assert "images read             24 of 24" in captured.out
     gallery = Gallery.load(runs / "system" / "gallery.pt", matcher.embedder_sha256)
-    assert len(gallery) == 6 and gallery.num_embeddings <= 12  # 2 of 8 people left out as unknown
+    assert len(gallery) == 8 and gallery.num_embeddings <= 16  # 2 of 8 people left out as unknown, 2 distractors
+    assert sorted(n for n in gallery.names if n.startswith("distractor/")) == ["distractor/Jean_Chretien",
+                                                                                "distractor/John_Ashcroft"]
+    assert "2 distractors" in captured.out
     report = json.loads((runs / "system" / "report.json").read_text())
     assert report["identification"]["known_probes"] == 6 and report["identification"]["unknown_probes"] == 6
 
     code = run(test_system.main, test_system.get_args_parser(),
-               system_args + ["--set=system.min_verification_accuracy=1", "--set=system.max_impostor_accept_rate=0"])
+               system_args + ["--set=system.min_verification_accuracy=1", "--set=system.max_impostor_accept_rate=0",
+                              "--gallery", str(tmp_path / "other_gallery.pt")])
     captured = capsys.readouterr()
     assert code == 1
     failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
@@ -272,9 +282,7 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     code = run(test_system.main, test_system.get_args_parser(), system_args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "matcher was tuned for embedder" in err
-    assert run(train_matching.main, train_matching.get_args_parser(),
-               ["--pairs", str(pairs), "--method", "threshold", *common]) == 0
-    capsys.readouterr()
+    ThresholdMatcher(threshold=0.5, embedding_size=32).save(matcher_path, sha256_file(embedder))  # re-tuned
     code = run(test_system.main, test_system.get_args_parser(), system_args + ["--reuse-gallery"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--rebuild" in err and err.count("\n") == 0
@@ -282,4 +290,4 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     out = capsys.readouterr().out
     assert code == 0 and "gallery rebuilt" in out
     rebuilt = Gallery.load(runs / "system" / "gallery.pt", sha256_file(embedder))
-    assert rebuilt.names == gallery.names
+    assert rebuilt.names == gallery.names  # distractors too: every stored source photo is re-embedded

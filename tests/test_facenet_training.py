@@ -96,13 +96,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_reduced_synthetic_preset_learns(aligned: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="9999.jpg"):
-        assert _train(aligned, tmp_path, "facenet.epochs=10", "facenet.batches_per_epoch=5") == 0
+        assert _train(aligned, tmp_path, "facenet.epochs=12", "facenet.batches_per_epoch=5", "facenet.lr=0.01") == 0
     train, val = _rows(tmp_path / "metrics_train.csv"), _rows(tmp_path / "metrics_val.csv")
-    assert len(train) == len(val) == 10
+    assert len(train) == len(val) == 12
     losses = [float(r["loss"]) for r in train]
     accuracy = [float(r["val_accuracy"]) for r in val]
-    assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2]), f"triplet loss should fall: {losses}"
-    assert max(accuracy) >= 0.75, f"held-out pair accuracy should rise well above chance (0.5): {accuracy}"
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"triplet loss should fall: {losses}"
+    assert max(accuracy) >= 0.75 and accuracy[-1] > accuracy[0] + 0.15, \
+        f"held-out pair accuracy should rise well above chance (0.5): {accuracy}"
     assert float(train[-1]["triplet_accuracy"]) > float(train[0]["triplet_accuracy"])
     for column in ("active_fraction", "mean_pos_dist", "mean_neg_dist", "images_per_s"):
         assert column in train[0]
