@@ -54,8 +54,8 @@ from utils.logger import RunLogger
 from utils.mtcnn_loss import MTCNNLoss, summarize_stats
 from utils.plots import plot_loss_curves
 from utils.seed import seed_everything, worker_seed
-from utils.training import (Checkpointer, StepRunner, StopOnSignal, TrainingState, build_optimizer, build_scheduler,
-                            check_finite, unwrap)
+from utils.training import (Checkpointer, ResumableBatches, StepRunner, StopOnSignal, TrainingState, build_optimizer,
+                            build_scheduler, check_finite, loader_generator, unwrap)
 
 STAGES = ("pnet", "rnet", "onet")
 SUBSETS = ("easy", "medium", "hard")
@@ -422,8 +422,8 @@ def to_net_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: MTCNNLoss, device: torch.device,
                   augment: MTCNNConfig | None = None):
     images = batch["images"].to(device, non_blocking=True)
-    if augment is not None and (augment.jitter > 0 or augment.occlusion > 0):
-        images = augment_batch(images, batch["kinds"], augment.jitter, augment.occlusion)
+    if augment is not None and (augment.jitter > 0 or augment.occlusion > 0 or augment.blur > 0):
+        images = augment_batch(images, batch["kinds"], augment.jitter, augment.occlusion, augment.blur)
     out = model(to_net_input(images, device))
     n = len(batch["kinds"])
     landmarks = out.landmarks.reshape(n, 10) if out.landmarks is not None else None
@@ -460,10 +460,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MTCNNLoss, st
     totals: dict[str, Any] = {}
     start, seen = time.perf_counter(), 0
     bar = logger.progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))
+    taken = skipped = 0  # taken: batches drawn from the loader, trained or skipped (what a resume inside this epoch skips)
     for batch in bar:
+        taken += 1
         with steps.autocast():
             parts = _forward_loss(model, batch, loss_fn, device, augment)
         if not check_finite(parts.total, f"epoch {epoch + 1}, step {state.step}", skip_nonfinite):
+            skipped += 1
             continue
         if steps.backward(parts.total, model.parameters()):
             state.step += 1
@@ -472,6 +475,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MTCNNLoss, st
         if stop.requested:
             break
     stats = _finish_stats(totals)
+    stats["batches_taken"] = taken
+    stats["nonfinite_skipped"] = skipped
     stats["samples_per_s"] = seen / max(time.perf_counter() - start, 1e-9)
     stats["lr"] = steps.optimizer.param_groups[0]["lr"]
     return stats
@@ -490,19 +495,29 @@ def validation_loss(model: nn.Module, store: PackedSamples, loss_fn: MTCNNLoss, 
     return _finish_stats(totals, "val_")
 
 
+def init_weights(model: nn.Module) -> nn.Module:
+    """Xavier-uniform weights and zero biases in every conv and dense layer (the original MTCNN recipe);
+    with these the classifier leaves its all-negative start within tens of steps instead of hundreds."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
 def build_model(stage: str, cfg: MTCNNStageConfig, pretrained: str | None) -> nn.Module:
     """A fresh net for ``stage`` (landmark head as configured), or the original weights to fine-tune."""
     landmarks = True if stage == "onet" else cfg.landmark_head
     if pretrained is not None:
         model = load_net(pretrained, stage, landmarks=landmarks)
         return model.train()
-    return build_net(stage, landmarks=landmarks)
+    return init_weights(build_net(stage, landmarks=landmarks))
 
 
-def _loader(store: PackedSamples, sampler: BalancedBatchSampler, workers: int, device: torch.device) -> DataLoader:
+def _loader(store: PackedSamples, sampler: ResumableBatches, workers: int, device: torch.device, seed: int) -> DataLoader:
     return DataLoader(store, batch_sampler=sampler, num_workers=workers, collate_fn=batch_collate,
                       pin_memory=device.type == "cuda", worker_init_fn=worker_seed,
-                      persistent_workers=workers > 0)
+                      persistent_workers=workers > 0, generator=loader_generator(seed))
 
 
 def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args: argparse.Namespace,
@@ -527,6 +542,9 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
     train_store, val_store = run_dir / "samples" / f"{stage}_train", run_dir / "samples" / f"{stage}_val"
     train_set, val_set = PackedSamples(train_store), PackedSamples(val_store)
 
+    # Each stage starts from its own seed: the same initial weights and augmentation stream whether its samples
+    # were generated now (which draws random numbers) or reused, and whether earlier stages ran in this process.
+    seed_everything(config.runtime.seed + 1000 * STAGES.index(stage) + dist.rank, config.runtime.deterministic)
     model = build_model(stage, cfg, args.from_pretrained).to(dist.device, memory_format=torch.channels_last)
     if dist.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
@@ -540,25 +558,30 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
     state = checkpointer.resume(resume_path, model, optimizer, steps) if resume_path else TrainingState()
     train_loss = MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, m.ohem_ratio)
     val_loss = MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, 1.0)
-    loader = _loader(train_set, sampler, min(workers, 1), dist.device)
+    batches = ResumableBatches(sampler)
+    loader = _loader(train_set, batches, min(workers, 1), dist.device, config.runtime.seed + dist.rank)
     logger.info(f"[{stage}] {len(train_set):,} training samples {train_set.counts()}, {len(val_set):,} validation; "
                 f"{len(sampler)} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size} "
                 f"(neg:pos:part:landmark {':'.join(str(int(q)) for q in sampler.quota)})")
     extra = {"net": stage, "landmark_head": bool(unwrap(model).has_landmarks)}
+    if state.epoch == 0 and state.step == 0:  # the untrained baseline: the reference for the overfitting watch
+        logger.log("val", epoch=0, **validation_loss(model, val_set, val_loss, dist.device, max(cfg.batch_size, 512)))
     with StopOnSignal() as stop:
         for epoch in range(state.epoch, cfg.epochs):
             sampler.set_epoch(epoch)
+            batches.skip = state.batches_done  # > 0: the checkpoint was written inside this epoch
             started = time.perf_counter()
             stats = train_one_epoch(model, loader, train_loss, steps, dist.device, epoch, state, logger, stop,
                                     args.skip_nonfinite, augment=m)
             if stop.requested:
-                checkpointer.save(model, optimizer, steps, state, extra=extra)
-                raise KeyboardInterrupt
+                checkpointer.save_and_stop(model, optimizer, steps, state, batches.skip + stats["batches_taken"], extra)
             val = validation_loss(model, val_set, val_loss, dist.device, max(cfg.batch_size, 512))
-            state.epoch = epoch + 1
-            checkpointer.save(model, optimizer, steps, state, metric=-val["val_loss"], extra=extra)
+            state.epoch, state.batches_done = epoch + 1, 0
+            # Rows first: a run killed between the two writes resumes from the previous checkpoint, and the
+            # logger drops rows past it; the other order would lose this epoch's rows.
             logger.log("train", epoch=epoch + 1, step=state.step, seconds=round(time.perf_counter() - started, 2), **stats)
             logger.log("val", epoch=epoch + 1, **val)
+            checkpointer.save(model, optimizer, steps, state, metric=-val["val_loss"], extra=extra)
             logger.info(f"[{stage}] epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} (cls {stats['cls_loss']:.4f}, "
                         f"box {stats['box_loss']:.4f}, landmark {stats['landmark_loss']:.4f}), acc pos "
                         f"{stats['acc_pos']:.3f} neg {stats['acc_neg']:.3f}; val loss {val['val_loss']:.4f}, val acc "
@@ -566,7 +589,7 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
     report: dict[str, Any] = {"stage": stage, "epochs": state.epoch, "steps": state.step,
                               "best_val_loss": -state.best_metric, "samples": train_set.counts()}
     if dist.is_main:
-        rows = logger.rows("val")
+        rows = [r for r in logger.rows("val") if int(float(r["epoch"])) > 0]  # the plot starts after epoch 1
         if rows:
             history = {"train loss": [float(r["loss"]) for r in logger.rows("train")],
                        "val loss": [float(r["val_loss"]) for r in rows],

@@ -35,14 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from config import Config, MTCNNConfig  # noqa: E402
-from datasets.mtcnn_samples import (IouRule, detection_samples, select_faces, target_frame,  # noqa: E402
-                                    DetectionItem)
+from datasets.mtcnn_samples import DetectionItem, IouRule, detection_samples, select_faces  # noqa: E402
 from datasets.packed import NEGATIVE, PART, POSITIVE  # noqa: E402
 from datasets.wider import read_wider_annotations, wider_split_paths  # noqa: E402
 from models.detector import DetectorSettings, FaceDetector  # noqa: E402
 from models.weights import load_net  # noqa: E402
 from train_mtcnn import mining_function  # noqa: E402
-from utils.boxes import box_regression_targets  # noqa: E402
 from utils.images import read_image  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wider_face_train_subset"
@@ -76,8 +74,14 @@ def _crop_one(image: np.ndarray, region: np.ndarray, size: int, interpolation: i
 
 
 def _target_one(region: np.ndarray, face: np.ndarray, size: int) -> np.ndarray:
-    frame, inclusive = target_frame(region[None], size)
-    return box_regression_targets(frame, torch.as_tensor(face[None], dtype=torch.float64), inclusive)[0].numpy()
+    """Box offsets of one crop in the detector's frame, plain arithmetic (as the public scripts compute them)."""
+    x0, y0, x1, y1 = region
+    side = x1 - x0
+    if size == 12:
+        frame, width = np.array([x0 + side / 12, y0 + side / 12, x1, y1]), side * 11 / 12
+    else:
+        frame, width = np.array([x0 + 1, y0 + 1, x1, y1]), side
+    return (face - frame) / width
 
 
 def baseline_stage_p(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, size: int, stage, rule: IouRule,
@@ -151,8 +155,8 @@ def baseline_mined(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, boxe
             _crop_one(image, region, size, cv2.INTER_AREA)
         elif best >= 0 and iou[best] >= rule.part:
             _crop_one(image, region, size, cv2.INTER_AREA)
-            box_regression_targets(torch.as_tensor(box[None], dtype=torch.float64),
-                                   torch.as_tensor(faces[best][None], dtype=torch.float64), True)
+            width = box[2] - box[0] + 1
+            _ = (faces[best] - box) / width  # offsets in the candidate's frame
         else:
             continue
         kept += 1

@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 from tqdm.auto import tqdm
@@ -75,12 +76,16 @@ def crop_resize(integral: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarra
     height, width = integral.shape[0] - 1, integral.shape[1] - 1
     x_lo, x_hi = _bins(boxes[:, 0], np.maximum(boxes[:, 2] - boxes[:, 0], 1), size)
     y_lo, y_hi = _bins(boxes[:, 1], np.maximum(boxes[:, 3] - boxes[:, 1], 1), size)
-    area = ((y_hi - y_lo)[:, :, None] * (x_hi - x_lo)[:, None, :]).astype(np.float64)
+    scale = 1.0 / ((y_hi - y_lo)[:, :, None] * (x_hi - x_lo)[:, None, :]).astype(np.float32)
+    # Corner positions as rows of the flattened [(H+1) * (W+1), 3] table: one 1-D take per corner.
     x_lo, x_hi = np.clip(x_lo, 0, width)[:, None, :], np.clip(x_hi, 0, width)[:, None, :]
-    y_lo, y_hi = np.clip(y_lo, 0, height)[:, :, None], np.clip(y_hi, 0, height)[:, :, None]
-    total = (integral[y_hi, x_hi].astype(np.float64) - integral[y_lo, x_hi] - integral[y_hi, x_lo]
-             + integral[y_lo, x_lo])
-    return np.clip(total / area[..., None] + 0.5, 0, 255).astype(np.uint8)
+    r_lo = (np.clip(y_lo, 0, height) * (width + 1))[:, :, None]
+    r_hi = (np.clip(y_hi, 0, height) * (width + 1))[:, :, None]
+    flat = integral.reshape(-1, 3)
+    total = (flat.take((r_hi + x_hi).ravel(), axis=0) - flat.take((r_lo + x_hi).ravel(), axis=0)
+             - flat.take((r_hi + x_lo).ravel(), axis=0) + flat.take((r_lo + x_lo).ravel(), axis=0))
+    mean = total.reshape(len(boxes), size, size, 3) * scale[..., None]
+    return np.clip(mean + 0.5, 0, 255).astype(np.uint8)
 
 
 def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -296,20 +301,20 @@ def detection_samples(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, s
     negatives near faces, shifted crops around faces (half mirrored when ``mirror``) and, for stages R/O,
     the ``mined`` candidates (boxes, regions) of the earlier stages, labelled by their boxes' IoU."""
     height, width = image.shape[:2]
-    picks = []
-    candidates = random_crops(rng, width, height, size, 3 * stage.negatives_per_image)
-    kinds, best = label_crops(candidates, faces, avoid, rule)
-    picks.append((candidates, kinds, best, _take(rng, kinds == NEGATIVE, stage.negatives_per_image)))
-    candidates = near_face_crops(rng, faces, width, height, size, 3 * stage.negatives_near_face)
-    kinds, best = label_crops(candidates, faces, avoid, rule)
-    picks.append((candidates, kinds, best, _take(rng, kinds == NEGATIVE, stage.negatives_near_face * len(faces))))
-    candidates, _ = shifted_crops(rng, faces, width, height, stage.crops_per_face)
-    kinds, best = label_crops(candidates, faces, avoid, rule)
-    picks.append((candidates, kinds, best, np.flatnonzero((kinds == POSITIVE) | (kinds == PART))))
-
-    regions = np.concatenate([c[i] for c, _, _, i in picks]).astype(np.int64).reshape(-1, 4)
-    kinds = np.concatenate([k[i] for _, k, _, i in picks]).astype(np.int8)
-    nearest = np.concatenate([b[i] for _, _, b, i in picks])
+    groups = [random_crops(rng, width, height, size, 3 * stage.negatives_per_image),
+              near_face_crops(rng, faces, width, height, size, 3 * stage.negatives_near_face),
+              shifted_crops(rng, faces, width, height, stage.crops_per_face)[0]]
+    candidates = np.concatenate(groups).astype(np.int64).reshape(-1, 4)
+    all_kinds, all_nearest = label_crops(candidates, faces, avoid, rule)  # one IoU pass over every candidate
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    group = np.searchsorted(bounds, np.arange(len(candidates)), side="right") - 1
+    negative = all_kinds == NEGATIVE
+    pick = np.concatenate([
+        bounds[0] + _take(rng, negative[group == 0], stage.negatives_per_image),
+        bounds[1] + _take(rng, negative[group == 1], stage.negatives_near_face * len(faces)),
+        np.flatnonzero((group == 2) & ((all_kinds == POSITIVE) | (all_kinds == PART))),
+    ]).astype(np.int64)
+    regions, kinds, nearest = candidates[pick], all_kinds[pick].astype(np.int8), all_nearest[pick]
     flipped = (rng.random(len(regions)) < 0.5) if mirror else np.zeros(len(regions), dtype=bool)
     targets = np.zeros((len(regions), 4), dtype=np.float32)
     is_face = kinds != NEGATIVE
@@ -655,14 +660,26 @@ def _mine_task(task: SampleTask, store: Path, size: int, config: MTCNNConfig, st
 # --- training-time augmentation -------------------------------------------------------------------------------
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of NHWC float images (edges replicated)."""
+    radius = max(1, int(round(2.5 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(taps ** 2) / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)  # [3, 1, 1, k]
+    y = F.pad(x.permute(0, 3, 1, 2), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(F.conv2d(y, kernel, groups=3), kernel.transpose(2, 3), groups=3)
+    return y.permute(0, 2, 3, 1)
+
+
 def augment_batch(images: torch.Tensor, kinds: torch.Tensor, jitter: float = 0.0, occlusion: float = 0.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Photometric jitter for every sample and random occluders on face crops, for a uint8 [B, S, S, 3] batch.
+                  blur: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Photometric jitter and blur for any sample, random occluders on face crops; uint8 [B, S, S, 3] in.
 
     ``jitter``: contrast scaled by up to 1 +- jitter and brightness moved by up to +-64 jitter levels, per
-    sample. ``occlusion``: the probability that a positive or part crop gets a flat rectangle of random
-    colour over 25-50% of its side in each direction (faces half hidden by hands, hair or other people).
-    Box and landmark targets are unchanged by both. Returns a new float tensor on the input's device.
+    sample. ``blur``: the probability of a Gaussian blur (sigma 0.5-2 px at 24 px, scaled with the size).
+    ``occlusion``: the probability that a positive or part crop gets a flat rectangle of random colour
+    over 25-50% of its side in each direction (faces half hidden by hands, hair or other people).
+    Box and landmark targets are unchanged by all three. Returns a new float tensor on the input's device.
     """
     x = images.float()
     n, size = x.shape[0], x.shape[1]
@@ -672,6 +689,13 @@ def augment_batch(images: torch.Tensor, kinds: torch.Tensor, jitter: float = 0.0
         brightness = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 64 * jitter
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * contrast.to(dev) + mean + brightness.to(dev)).clamp_(0, 255)
+    if blur > 0:
+        level = torch.randint(0, 3, (n,), generator=generator)
+        chosen = torch.rand(n, generator=generator) < blur
+        for value, sigma in enumerate((0.5, 1.0, 2.0)):
+            rows = torch.nonzero(chosen & (level == value)).flatten().to(dev)
+            if len(rows):
+                x[rows] = _gaussian_blur(x[rows], sigma * size / 24)
     if occlusion > 0:
         face = (kinds == POSITIVE) | (kinds == PART)
         chosen = face.cpu() & (torch.rand(n, generator=generator) < occlusion)
