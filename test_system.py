@@ -399,6 +399,7 @@ def main(args: argparse.Namespace) -> int:
         "alignment_failures": alignment_failures, "verification": verify_details, "identification": ident,
         "seconds_per_image": system.times.per_image(), "gallery": str(gallery_path),
         "embedder_sha256": system.embedder_sha256, "bad_inputs": len(system.log),
+        "bad_input_files": sorted({problem.path for problem in system.log.problems}),
     }
     atomic_write_text(report_path, json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
     missed = [c for c in checks if not c.passed]

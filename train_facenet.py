@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from config import Config, FaceNetConfig
@@ -55,8 +55,8 @@ from utils.logger import RunLogger
 from utils.metrics import VerificationResult, pair_scores, verification_metrics
 from utils.plots import plot_loss_curves, plot_roc, plot_score_histograms
 from utils.seed import seed_everything
-from utils.training import (Checkpointer, StepRunner, StopOnSignal, TrainingState, build_optimizer, build_scheduler,
-                            check_finite, unwrap)
+from utils.training import (Checkpointer, ResumableBatches, StepRunner, StopOnSignal, TrainingState, buffer_snapshot,
+                            build_optimizer, build_scheduler, check_finite, loader_generator, restore_buffers, unwrap)
 from utils.triplet import TripletLoss, TripletStats
 
 KIND = "facenet"
@@ -204,20 +204,6 @@ class FaceCrops(Dataset):
 
     def __getitem__(self, index: int) -> CropBatch:
         return self.__getitems__([index])
-
-
-class ResumableBatches(Sampler[list[int]]):
-    """The P x K sampler's batches for the current epoch, minus the first ``skip`` (done before an interruption)."""
-
-    def __init__(self, sampler: PKBatchSampler) -> None:
-        self.sampler = sampler
-        self.skip = 0
-
-    def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
 
 
 def training_side(config: Config) -> int:
@@ -446,12 +432,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: TripletLoss, 
                     epoch: int, state: TrainingState, logger: RunLogger, stop: StopOnSignal, cfg: FaceNetConfig,
                     log: BadInputLog, skip_nonfinite: bool = False) -> dict[str, float]:
     """One epoch of P x K batches; returns mean loss, active-triplet share, triplet accuracy, mean distances
-    (averaged over processes), images per second and the learning rate."""
+    (averaged over processes), images per second, the learning rate, and the batches skipped for a non-finite
+    loss (with ``skip_nonfinite``; their forward pass leaves no trace in the batch-norm statistics)."""
     model.train()
     sums = _StatSums()
     seen, started = 0, time.perf_counter()
     bar = logger.progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))
+    taken = skipped = 0  # taken: batches drawn from the loader, trained or skipped (what a resume inside this epoch skips)
     for batch in bar:
+        taken += 1
         for path, reason in batch.errors:
             log.report(DataError(path, reason))
         images, labels = batch.images, batch.labels
@@ -460,36 +449,29 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: TripletLoss, 
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         inputs = augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter)
+        buffers = buffer_snapshot(model) if skip_nonfinite else {}
         with steps.autocast():
             embeddings = model(inputs)
         loss, stats = loss_fn(embeddings.float(), labels)
         if not check_finite(loss, f"epoch {epoch + 1}, step {state.step}", skip_nonfinite):
+            restore_buffers(model, buffers)
+            skipped += 1
             continue
         if steps.backward(loss, model.parameters()):
             state.step += 1
         sums.add(loss, stats)
         seen += len(labels)
         if sums.batches % 10 == 0 and logger.enabled:
-            bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{float(stats.triplet_accuracy):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", acc=f"{float(stats.triplet_accuracy):.3f}")
         if stop.requested:
             break
     out = sums.means()
     out["batches"] = sums.batches
+    out["batches_taken"] = taken
+    out["nonfinite_skipped"] = skipped
     out["images_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
     out["lr"] = steps.optimizer.param_groups[0]["lr"]
     return out
-
-
-def pending_gradients(model: nn.Module) -> dict[str, Tensor]:
-    """Gradients accumulated but not yet applied (gradient accumulation between optimizer steps), by parameter."""
-    return {name: p.grad.detach().clone() for name, p in unwrap(model).named_parameters() if p.grad is not None}
-
-
-def restore_gradients(model: nn.Module, grads: dict[str, Tensor]) -> None:
-    """Put back gradients saved by :func:`pending_gradients` (an exact resume in mid-accumulation)."""
-    params = dict(unwrap(model).named_parameters())
-    for name, grad in grads.items():
-        params[name].grad = grad.to(params[name].device)
 
 
 def _broadcast_flag(flag: bool, device: torch.device) -> bool:
@@ -576,7 +558,7 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     # so a run resumed in the middle of an epoch draws the same numbers as an unbroken one.
     loader = DataLoader(crops, batch_sampler=batches, collate_fn=_passthrough, pin_memory=dist.device.type == "cuda",
                         num_workers=0 if cfg.preload else workers, persistent_workers=not cfg.preload and workers > 0,
-                        generator=torch.Generator().manual_seed(config.runtime.seed + dist.rank))
+                        generator=loader_generator(config.runtime.seed + dist.rank))
     pairs = None
     if dist.is_main:
         pairs = load_pairs_set(expand(config, cfg.val_pairs), expand(config, cfg.val_images), cfg.input_size, log,
@@ -592,12 +574,9 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     steps = StepRunner(optimizer, scheduler, dist.device, config.runtime.amp, cfg.accumulate, cfg.clip_grad_norm)
     checkpointer = Checkpointer(run_dir, KIND, config_to_dict(config), enabled=dist.is_main)
     state = checkpointer.resume(resume_path, model, optimizer, steps) if resume_path else TrainingState()
-    if resumed:
-        restore_gradients(model, resumed.get("pending_grads", {}))
-    elif not cfg.pretrained:
+    if not resumed and not cfg.pretrained:
         calibrate_batchnorm(unwrap(model), loader, dist.device, cfg)
     stale = int(resumed.get("stale_validations", 0)) if resumed else 0
-    skip = int(resumed.get("batches_done", 0)) if resumed else 0  # > 0: interrupted inside an epoch
     loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
     logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities ({training_side(config)} px -> "
                 f"{cfg.input_size} px inputs), {cfg.backbone} {cfg.embedding_size}-d, {cfg.mining} mining, margin "
@@ -607,16 +586,14 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     with StopOnSignal() as stop:
         for epoch in range(state.epoch, cfg.epochs):
             sampler.set_epoch(epoch)
-            batches.skip, skip = skip, 0
+            batches.skip = state.batches_done  # > 0: the checkpoint was written inside this epoch
             epoch_start = time.perf_counter()
             stats = train_one_epoch(model, loader, loss_fn, steps, dist.device, epoch, state, logger, stop, cfg, log,
                                     args.skip_nonfinite)
             if stop.requested:  # SIGINT/SIGTERM: keep the state after the last finished batch, then exit
-                checkpointer.save(model, optimizer, steps, state, extra={
-                    **extra, "stale_validations": stale, "batches_done": batches.skip + stats["batches"],
-                    "pending_grads": pending_gradients(model)})
-                raise KeyboardInterrupt
-            state.epoch = epoch + 1
+                checkpointer.save_and_stop(model, optimizer, steps, state, batches.skip + stats["batches_taken"],
+                                           extra={**extra, "stale_validations": stale})
+            state.epoch, state.batches_done = epoch + 1, 0
             train_seconds = time.perf_counter() - epoch_start
             metric, row = None, {}
             if dist.is_main and (state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs):
@@ -625,12 +602,12 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
                 row = _result_row(result, losses, pairs)
             if metric is not None:
                 stale = 0 if metric > state.best_metric else stale + 1
-            if checkpointer.save(model, optimizer, steps, state, metric=metric,
-                                 extra={**extra, "stale_validations": stale, "pending_grads": pending_gradients(model)}):
-                save_roc(run_dir / "roc.png", result, f"validation, epoch {state.epoch}")
-            if row:
+            if row:  # rows before the checkpoint, so a kill between the two never loses this epoch's rows
                 logger.log("val", epoch=state.epoch, **row)
             logger.log("train", epoch=state.epoch, step=state.step, seconds=round(train_seconds, 2), **stats)
+            if checkpointer.save(model, optimizer, steps, state, metric=metric,
+                                 extra={**extra, "stale_validations": stale}):
+                save_roc(run_dir / "roc.png", result, f"validation, epoch {state.epoch}")
             message = (f"epoch {state.epoch}/{cfg.epochs}: loss {stats.get('loss', float('nan')):.4f}, active "
                        f"{stats.get('active_fraction', float('nan')):.3f}, triplet acc "
                        f"{stats.get('triplet_accuracy', float('nan')):.3f}, d+ {stats.get('mean_pos_dist', float('nan')):.3f} "
@@ -664,7 +641,11 @@ def finish(run_dir: Path, config: Config, logger: RunLogger, checkpointer: Check
     if any(history.values()):
         plot_loss_curves(run_dir / "loss_curves.png", history, title="FaceNet training")
     report: dict[str, Any] = {"epochs": state.epoch, "steps": state.step, "seconds": round(seconds, 1),
-                              "bad_inputs": len(log), "best": str(checkpointer.best_path)}
+                              "bad_inputs": len(log), "bad_input_files": sorted({p.path for p in log.problems}),
+                              "best": str(checkpointer.best_path)}
+    if pairs is not None:
+        report["validation_pairs_left_out"] = pairs.dropped
+        report["validation_images_missing"] = pairs.missing_images
     if pairs is not None and checkpointer.best_path.is_file():
         best = load_embedder(checkpointer.best_path, device)
         result, _, _ = evaluate(best, pairs, device, config.facenet, None, config.facenet.val_flip)

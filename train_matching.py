@@ -366,8 +366,9 @@ def main(args: argparse.Namespace) -> int:
     wanted += [str(p) for p, _ in folder.samples]
     embedded = embed_paths(system, [p for p in wanted if Path(p).is_file()], "embedding validation images")
     valid_pairs = pair_set(pairs, images, folds, embedded)
-    print(f"validation pairs: {len(valid_pairs.same)} of {len(pairs.pairs)} usable ({valid_pairs.dropped} without a face "
-          f"in one image), {len(np.unique(valid_pairs.folds))} folds; embedder {system.embedder_sha256[:12]}")
+    print(f"validation pairs: {len(valid_pairs.same)} of {len(pairs.pairs)} usable ({valid_pairs.dropped} with an image "
+          f"missing, unreadable or without a face), {len(np.unique(valid_pairs.folds))} folds; embedder "
+          f"{system.embedder_sha256[:12]}")
 
     identities = identity_set(folder, embedded)
     results = []
@@ -401,6 +402,7 @@ def main(args: argparse.Namespace) -> int:
         "chosen": chosen.name, "matcher": str(output), "embedder": str(embedder_path),
         "embedder_sha256": system.embedder_sha256, "pairs_file": str(pairs_file), "pairs_used": int(len(valid_pairs.same)),
         "pairs_without_face": valid_pairs.dropped, "bad_inputs": len(system.log),
+        "bad_input_files": sorted({problem.path for problem in system.log.problems}),
         "methods": {r.name: {"accuracy": r.accuracy, "accuracy_std": r.accuracy_std, **r.metrics, "notes": r.notes}
                     for r in results},
         "plots": [str(p) for p in plots],

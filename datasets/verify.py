@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from datasets.identity import IdentityFolder
 from datasets.landmarks import read_landmark_list
 from datasets.lfw import check_pairs_images, read_pairs
+from datasets.mtcnn_samples import DetectionItem, select_faces
 from datasets.wider import read_wider_annotations, wider_split_paths
 from utils.errors import BadInputLog, DataError
 from utils.images import read_image
@@ -27,15 +30,22 @@ class DatasetReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _decode_all(paths: list[Path], log: BadInputLog) -> int:
-    """Decode every image; return how many failed (each reported to ``log``)."""
+def _decode_all(paths: list[Path], log: BadInputLog, boxes: list[np.ndarray] | None = None) -> int:
+    """Decode every image; return how many failed (each reported to ``log``). With ``boxes`` (x1, y1, x2, y2 per
+    image), each box outside its decoded image is reported too, as the MTCNN sample generator would skip it."""
     failed = 0
-    for path in paths:
+    for index, path in enumerate(paths):
         try:
-            read_image(path)
+            height, width = read_image(path).shape[:2]
         except DataError as error:
             failed += 1
             log.report(error)
+            continue
+        if boxes is not None:
+            faces = np.asarray(boxes[index], dtype=np.float64).reshape(-1, 4)
+            *_, outside = select_faces(DetectionItem(str(path), faces, np.ones(len(faces), dtype=bool)), width, height, 0.0)
+            for message in outside:
+                log.report(DataError(path, message))
     return failed
 
 
@@ -46,7 +56,8 @@ def _finish(report: DatasetReport, log: BadInputLog) -> DatasetReport:
 
 
 def verify_wider(root: Path, name: str = "WIDER FACE", deep: bool = False, strict: bool = False) -> DatasetReport:
-    """WIDER layout: annotation files parse, every annotated image exists (and decodes with ``deep``)."""
+    """WIDER layout: annotation files parse, every annotated image exists (with ``deep``: decodes, and its boxes
+    lie inside it)."""
     report = DatasetReport(name, root, "missing")
     log = BadInputLog(strict=strict)
     found = False
@@ -65,14 +76,16 @@ def verify_wider(root: Path, name: str = "WIDER FACE", deep: bool = False, stric
         report.counts[f"{split} images"] = len(annotations)
         report.counts[f"{split} faces"] = int(sum(a.valid.sum() for a in annotations))
         if deep:
-            report.counts[f"{split} unreadable"] = _decode_all([p for p in paths if p.is_file()], log)
+            present = [(p, a.boxes) for p, a in zip(paths, annotations) if p.is_file()]
+            report.counts[f"{split} unreadable"] = _decode_all([p for p, _ in present], log, [b for _, b in present])
     if not found:
         return report
     return _finish(report, log)
 
 
 def verify_landmarks(list_file: Path, name: str = "landmarks", deep: bool = False, strict: bool = False) -> DatasetReport:
-    """A 5-point landmark list: lines parse and the images they name exist."""
+    """A 5-point landmark list: lines parse and the images they name exist (with ``deep``: decode, and each face's
+    box lies inside its image)."""
     report = DatasetReport(name, list_file, "missing")
     if not list_file.is_file():
         return report
@@ -83,7 +96,8 @@ def verify_landmarks(list_file: Path, name: str = "landmarks", deep: bool = Fals
         log.report(DataError(path, f"listed in {list_file.name} but not on disk"))
     report.counts["faces"] = len(annotations)
     if deep:
-        report.counts["unreadable"] = _decode_all([p for p in paths if p.is_file()], log)
+        present = [(p, a.box) for p, a in zip(paths, annotations) if p.is_file()]
+        report.counts["unreadable"] = _decode_all([p for p, _ in present], log, [b for _, b in present])
     return _finish(report, log)
 
 

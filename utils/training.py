@@ -2,19 +2,27 @@
 guard, full-state checkpoints with exact resume, and a clean stop on SIGINT.
 
 The trainers (train_mtcnn.py, train_facenet.py) differ in data, model and loss; the loop plumbing lives
-here once. Resume is exact at epoch boundaries: the checkpoint holds model, optimizer, scheduler, scaler
-and every RNG state, and samplers draw their order from (seed, epoch).
+here once. Resume is exact: the checkpoint holds model, optimizer, scheduler, scaler, every RNG state and the
+gradients accumulated since the last optimizer step; samplers draw their order from (seed, epoch), and a checkpoint
+written on SIGINT inside an epoch records how many of its batches were trained, which ``ResumableBatches``
+skips on resume. Data loaders must own their generator (``loader_generator``) so that creating an iterator
+does not draw from the global RNG that augmentation uses.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import signal
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
+from torch.utils.data import Sampler
 
 from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from utils.errors import ToolkitError
@@ -63,10 +71,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def check_finite(loss: torch.Tensor, where: str, skip: bool) -> bool:
-    """True when ``loss`` is finite; otherwise False with ``skip`` (skip the batch) or NonFiniteLossError."""
+    """True when ``loss`` is finite; otherwise False with ``skip`` (the batch is skipped, with a warning naming
+    it) or NonFiniteLossError."""
     if torch.isfinite(loss).all():
         return True
     if skip:
+        warnings.warn(f"skipped a batch with a non-finite loss ({loss.item()}) at {where}", RuntimeWarning, stacklevel=2)
         return False
     raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at {where}; stopped, the last checkpoint is kept "
                              "(lower the learning rate, or pass --skip-nonfinite to skip such batches)")
@@ -114,6 +124,52 @@ class StepRunner:
         self._micro = state["micro"]
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A seeded generator for a DataLoader: iterators then draw their worker seeds from it, not from the global
+    RNG, so a run resumed inside an epoch draws the same augmentation numbers as an unbroken one."""
+    return torch.Generator().manual_seed(seed)
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """A batch sampler's batches for the current epoch, minus the first ``skip`` (trained before an interruption)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def pending_gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Gradients accumulated but not yet applied (gradient accumulation between optimizer steps), by parameter."""
+    return {name: p.grad.detach().clone() for name, p in unwrap(model).named_parameters() if p.grad is not None}
+
+
+def restore_gradients(model: nn.Module, grads: dict[str, torch.Tensor]) -> None:
+    """Put back gradients saved by :func:`pending_gradients` (an exact resume in mid-accumulation)."""
+    params = dict(unwrap(model).named_parameters())
+    for name, grad in grads.items():
+        params[name].grad = grad.to(params[name].device)
+
+
+def buffer_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the model's buffers (batch-norm running statistics), taken before a forward pass so that a batch
+    skipped for a non-finite loss can leave them as they were (its forward pass already moved them)."""
+    return {name: buffer.detach().clone() for name, buffer in unwrap(model).named_buffers()}
+
+
+def restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back buffers saved by :func:`buffer_snapshot`."""
+    buffers = dict(unwrap(model).named_buffers())
+    with torch.no_grad():
+        for name, value in saved.items():
+            buffers[name].copy_(value)
+
+
 @dataclass
 class TrainingState:
     """What the loop needs to continue: where it is and the best validation score so far."""
@@ -121,6 +177,7 @@ class TrainingState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     best_metric: float = -math.inf
+    batches_done: int = 0  # batches of epoch ``epoch`` already trained (a checkpoint written inside an epoch)
 
 
 class Checkpointer:
@@ -156,6 +213,8 @@ class Checkpointer:
             "steps": steps.state_dict(),
             "epoch": state.epoch,
             "step": state.step,
+            "batches_done": state.batches_done,
+            "pending_grads": pending_gradients(model),
             "best_metric": state.best_metric,
             "metric": metric,
             "rng": get_rng_state(),
@@ -167,16 +226,30 @@ class Checkpointer:
             save_checkpoint(self.best_path, payload)
         return improved
 
+    def save_and_stop(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: StepRunner,
+                      state: TrainingState, batches_done: int, extra: dict[str, Any] | None = None) -> NoReturn:
+        """On SIGINT/SIGTERM: save the state after the last trained batch (``batches_done`` of epoch
+        ``state.epoch``) to last.pt, say so on stderr, and raise KeyboardInterrupt (exit code 130)."""
+        state.batches_done = batches_done
+        self.save(model, optimizer, steps, state, extra=extra)
+        if self.enabled:
+            print(f"stopped by signal in epoch {state.epoch + 1} after {batches_done} batch(es); saved "
+                  f"{self.last_path} (continue with --resume)", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+
     def resume(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, steps: StepRunner) -> TrainingState:
-        """Restore everything saved by ``save``; the loop continues with the next epoch."""
+        """Restore everything saved by ``save``; the loop continues with epoch ``state.epoch``, skipping its first
+        ``state.batches_done`` batches when the checkpoint was written inside it."""
         checkpoint = load_checkpoint(path, kind=self.kind)
         load_model_state(unwrap(model), checkpoint["model"], path)
         optimizer.load_state_dict(checkpoint["optimizer"])
         if steps.scheduler is not None and checkpoint.get("scheduler") is not None:
             steps.scheduler.load_state_dict(checkpoint["scheduler"])
         steps.load_state_dict(checkpoint["steps"])
+        restore_gradients(model, checkpoint.get("pending_grads", {}))
         set_rng_state(checkpoint["rng"])
-        return TrainingState(epoch=checkpoint["epoch"], step=checkpoint["step"], best_metric=checkpoint["best_metric"])
+        return TrainingState(epoch=checkpoint["epoch"], step=checkpoint["step"], best_metric=checkpoint["best_metric"],
+                             batches_done=int(checkpoint.get("batches_done", 0)))
 
 
 class StopOnSignal:
