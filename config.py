@@ -50,6 +50,8 @@ class PathsConfig:
     embedder: str = "{runs_dir}/facenet/best.pt"
     matcher: str = "{runs_dir}/facenet/matcher.json"
     gallery: str = "{runs_dir}/system/gallery.pt"
+    # Exported ONNX models (python -m utils.export): pnet/rnet/onet.onnx, embedder.onnx, embedder_int8.onnx + JSON sidecars.
+    onnx: str = "{runs_dir}/onnx"
 
 
 @dataclass
@@ -83,8 +85,11 @@ class DetectorConfig:
     nms_onet: float = 0.7  # "min" overlap at the output stage
     fp16: bool = False  # half precision on CUDA
     max_crops_per_batch: int = 4096  # bounds memory on large images
+    backend: str = "torch"  # torch (paths.pnet/rnet/onet) | onnx (the exported files in paths.onnx, on ONNX Runtime)
 
     def validate(self) -> None:
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"config key 'detector.backend': {self.backend!r} is not torch or onnx")
         if self.min_face_size < 12:
             raise ConfigError("config key 'detector.min_face_size': must be >= 12 (P-Net's input size)")
         if not 0.0 < self.scale_factor < 1.0:
@@ -117,8 +122,14 @@ class SystemConfig:
     detect_batch_images: int = 8
     embed_batch_size: int = 32
     flip: bool = False  # embed each face and its mirror image (sum of both, re-normalised)
+    # How the embedder runs: torch (paths.embedder) | torch_fp16 (half precision on CUDA; fp32 on the CPU) |
+    # onnx | onnx_int8 (paths.onnx embedder.onnx / embedder_int8.onnx on ONNX Runtime; python -m utils.export).
+    embedder_backend: str = "torch"
 
     def validate(self) -> None:
+        if self.embedder_backend not in ("torch", "torch_fp16", "onnx", "onnx_int8"):
+            raise ConfigError(f"config key 'system.embedder_backend': {self.embedder_backend!r} is not torch, "
+                              "torch_fp16, onnx or onnx_int8")
         rates = ("min_detection_recall", "min_verification_accuracy", "min_identification_top1",
                  "max_impostor_accept_rate", "impostor_accept_target")
         if any(not 0.0 <= getattr(self, name) <= 1.0 for name in rates):

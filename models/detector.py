@@ -52,6 +52,7 @@ from utils.errors import ConfigError, DataError
 from utils.images import _pil_to_rgb
 
 STAGES = ("pnet", "rnet", "onet")
+BACKENDS = ("torch", "onnx")  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
 CHANNEL_ORDERS = ("rgb", "bgr")
 PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the networks' input scaling: (x - 127.5) / 128
 INT32_SAFE_PIXELS = (2**31 - 1) // 255  # uint8 images up to this size have integral images within int32
@@ -374,13 +375,16 @@ def _concat(parts: list[Candidates]) -> Candidates:
 class FaceDetector:
     """The MTCNN cascade (P-Net -> R-Net -> O-Net) over one image or a batch; holds its own copies of the nets."""
 
-    def __init__(self, pnet: nn.Module, rnet: nn.Module, onet: nn.Module,
+    def __init__(self, pnet: nn.Module | Any, rnet: nn.Module | Any, onet: nn.Module | Any,
                  settings: DetectorSettings | None = None, device: str | torch.device = "cpu") -> None:
         self.settings = settings or DetectorSettings()
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.dtype = torch.float16 if self.settings.fp16 and self.device.type == "cuda" else torch.float32
-        self.nets: dict[str, nn.Module] = {}
+        self.nets: dict[str, Callable[[Tensor], NetOutput]] = {}
         for name, net in zip(NET_NAMES, (pnet, rnet, onet)):
+            if not isinstance(net, nn.Module) and getattr(net, "name", None) == name:
+                self.nets[name] = net  # a runtime adapter (models/onnx_nets.OnnxNet): used as it is
+                continue
             if type(net).__name__.lower() != name:
                 raise ConfigError(f"FaceDetector expects a {name} in that position, got {type(net).__name__}")
             own = copy.deepcopy(net).eval().to(self.device, self.dtype)
@@ -388,9 +392,18 @@ class FaceDetector:
 
     @classmethod
     def from_checkpoints(cls, pnet: str | Path, rnet: str | Path, onet: str | Path,
-                         settings: DetectorSettings | None = None, device: str | torch.device = "cpu") -> "FaceDetector":
-        """Load the three nets from files or folders (original state_dicts or toolkit checkpoints)."""
-        nets = [load_net(source, name) for source, name in zip((pnet, rnet, onet), NET_NAMES)]
+                         settings: DetectorSettings | None = None, device: str | torch.device = "cpu",
+                         backend: str = "torch") -> "FaceDetector":
+        """Load the three nets from files or folders: original state_dicts or toolkit checkpoints (``backend``
+        "torch"), or the ``.onnx`` files ``python -m utils.export`` writes (``backend`` "onnx", ONNX Runtime)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"detector backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "onnx":
+            from models.onnx_nets import load_onnx_net  # optional dependency, imported only when asked for
+            where = select_device(device) if isinstance(device, str) else torch.device(device)
+            nets: list[Any] = [load_onnx_net(source, name, device=where) for source, name in zip((pnet, rnet, onet), NET_NAMES)]
+        else:
+            nets = [load_net(source, name) for source, name in zip((pnet, rnet, onet), NET_NAMES)]
         return cls(*nets, settings=settings, device=device)
 
     @classmethod

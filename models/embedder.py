@@ -6,7 +6,7 @@ matcher and the gallery call (inference mode, batching, optional horizontal-flip
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,37 @@ def _as_batch(images: Tensor | Sequence[np.ndarray], size: int) -> Tensor:
     return torch.cat(tensors)
 
 
+def embed_in_batches(
+    forward: Callable[[Tensor], Tensor],
+    images: Tensor | Sequence[np.ndarray],
+    input_size: int,
+    embedding_size: int,
+    batch_size: int = 64,
+    flip: bool = False,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The batched embedding loop of every embedder (PyTorch, ONNX): ``forward`` maps a float 0..255
+    [n, 3, input_size, input_size] batch to features; returns L2-normalised [N, D] float32 rows on the CPU.
+
+    With ``flip`` each row is the re-normalised sum of the image's and its mirror image's unit features.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    outputs = []
+    # Converted chunk by chunk, so memory follows batch_size, not the number of images.
+    for start in range(0, len(images), batch_size):
+        chunk = _as_batch(images[start : start + batch_size], input_size)
+        if device is not None:
+            chunk = chunk.to(device, non_blocking=True)
+        feats = forward(chunk).float()
+        if flip:
+            feats = F.normalize(feats, dim=1) + F.normalize(forward(chunk.flip(-1)).float(), dim=1)
+        outputs.append(F.normalize(feats, p=2, dim=1).cpu())
+    if not outputs:
+        return torch.empty(0, embedding_size)
+    return torch.cat(outputs)
+
+
 class Embedder(nn.Module):
     """Backbone wrapped with FaceNet standardisation and L2 normalisation: pixels in, unit vectors out.
 
@@ -114,23 +145,16 @@ class Embedder(nn.Module):
         With ``flip`` each image's embedding is the re-normalised sum of the image's and its mirror's.
         Images whose size differs from ``input_size`` are resized (align to the right size for best results).
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         device = torch.device(device) if device is not None else next(self.parameters()).device
+        dtype = next(self.parameters()).dtype  # float16 after .half() (CUDA inference)
         was_training = self.training
         self.eval()
-        outputs = []
-        try:
+
+        def features(batch: Tensor) -> Tensor:
             with torch.inference_mode():
-                # Converted chunk by chunk, so memory follows batch_size, not the number of images.
-                for start in range(0, len(images), batch_size):
-                    chunk = _as_batch(images[start : start + batch_size], self.input_size).to(device, non_blocking=True)
-                    feats = self.backbone(standardize(chunk))
-                    if flip:
-                        feats = F.normalize(feats, dim=1) + F.normalize(self.backbone(standardize(chunk.flip(-1))), dim=1)
-                    outputs.append(F.normalize(feats, p=2, dim=1).float().cpu())
+                return self.backbone(standardize(batch).to(dtype))
+
+        try:
+            return embed_in_batches(features, images, self.input_size, self.embedding_size, batch_size, flip, device)
         finally:
             self.train(was_training)
-        if not outputs:
-            return torch.empty(0, self.embedding_size)
-        return torch.cat(outputs)

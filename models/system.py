@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from models.detector import Detections, DetectorSettings, FaceDetector
 from models.embedder import Embedder
 from models.matcher import Matcher, load_matcher
+from models.onnx_nets import OnnxEmbedder, resolve_onnx
 from utils.align import METHODS as ALIGN_METHODS
 from utils.device import select_device
 from utils.align import align_faces
@@ -161,14 +162,35 @@ def read_embedder(path: Path, device: torch.device) -> tuple[Embedder, AlignSett
         model = Embedder.build(str(arch["backbone"]), embedding_size=int(arch["embedding_size"]),
                                dropout=float(arch.get("dropout", 0.0)), input_size=int(arch["input_size"]),
                                width=float(arch.get("width", 1.0)))
-        cut = arch.get("align")
-        align = None if not isinstance(cut, dict) else AlignSettings(int(cut["size"]), float(cut["margin"]),
-                                                                      str(cut["method"]))
+        align = recorded_align(arch.get("align"))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(path, f"embedder checkpoint has an incomplete architecture entry ({type(exc).__name__}: "
                               f"{exc})") from None
     load_model_state(model, state["model"], path)
     return model.to(device).eval(), align
+
+
+def recorded_align(cut: Any) -> AlignSettings | None:
+    """The face cut an embedder's ``align`` record describes (None when it records none); KeyError/ValueError when
+    the record is incomplete."""
+    return None if not isinstance(cut, dict) else AlignSettings(int(cut["size"]), float(cut["margin"]), str(cut["method"]))
+
+
+def open_embedder(path: Path, device: torch.device, fp16: bool = False
+                  ) -> tuple[Embedder | OnnxEmbedder, AlignSettings | None, str]:
+    """An embedder ready for inference, how its faces were cut, and the SHA-256 matchers and galleries know it by:
+    a toolkit checkpoint (half precision on CUDA with ``fp16``; fp32 on the CPU), or a ``.onnx`` file from
+    ``python -m utils.export`` on ONNX Runtime, known by its source checkpoint's SHA-256 (so the same matcher fits)."""
+    if path.suffix == ".onnx":
+        model = OnnxEmbedder(path, device=device)
+        try:
+            return model, recorded_align(model.align), model.source_sha256
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(path, f"sidecar has an incomplete align record ({type(exc).__name__}: {exc})") from None
+    model, recorded = read_embedder(path, device)
+    if fp16 and device.type == "cuda":
+        model = model.half()
+    return model, recorded, sha256_file(path)
 
 
 def load_embedder(path: Path, device: torch.device) -> Embedder:
@@ -194,7 +216,7 @@ class FaceRecognitionSystem:
     the embedder's input). The gallery, when given, must hold embeddings of this embedder (same SHA-256).
     """
 
-    def __init__(self, detector: FaceDetector | None, embedder: Embedder, embedder_sha256: str, *,
+    def __init__(self, detector: FaceDetector | None, embedder: Embedder | OnnxEmbedder, embedder_sha256: str, *,
                  matcher: Matcher | None = None, gallery: Gallery | None = None,
                  align: AlignSettings | None = None, detect_batch_images: int = 8, embed_batch_size: int = 32,
                  flip: bool = False, log: BadInputLog | None = None) -> None:
@@ -218,20 +240,23 @@ class FaceRecognitionSystem:
     def from_files(cls, embedder: str | Path, *, detector: tuple[str | Path, str | Path, str | Path] | None,
                    matcher: str | Path | None = None, gallery: str | Path | None = None,
                    detector_settings: DetectorSettings | None = None, device: str | torch.device = "cpu",
-                   align: AlignSettings | None = None, **options: Any) -> FaceRecognitionSystem:
+                   align: AlignSettings | None = None, detector_backend: str = "torch", embedder_fp16: bool = False,
+                   **options: Any) -> FaceRecognitionSystem:
         """Load the models from files: embedder checkpoint, P/R/O-Net weights (None: inputs are aligned crops),
         matcher JSON and gallery file (each checked against the embedder). Faces are cut as the checkpoint
-        records its training crops were; ``align`` supplies what it does not record (and the face selection)."""
+        records its training crops were; ``align`` supplies what it does not record (and the face selection).
+        ``detector_backend`` "onnx" and an ``embedder`` ending in ``.onnx`` run exported models on ONNX Runtime
+        (see :func:`open_embedder`); ``embedder_fp16`` runs a checkpoint in half precision on CUDA."""
         device = torch.device(device)
         embedder_path = Path(embedder)
-        model, recorded = read_embedder(embedder_path, device)
+        model, recorded, sha = open_embedder(embedder_path, device, embedder_fp16)
         align = align or AlignSettings()
         if recorded is not None:
             align = AlignSettings(recorded.size, recorded.margin, recorded.method, align.select)
-        sha = sha256_file(embedder_path)
         face_detector = None
         if detector is not None:
-            face_detector = FaceDetector.from_checkpoints(*detector, settings=detector_settings, device=device)
+            face_detector = FaceDetector.from_checkpoints(*detector, settings=detector_settings, device=device,
+                                                          backend=detector_backend)
         loaded_matcher = load_matcher(matcher, sha, model.embedding_size) if matcher is not None else None
         loaded_gallery = Gallery.load(gallery, sha) if gallery is not None and Path(gallery).is_file() else None
         return cls(face_detector, model, sha, matcher=loaded_matcher, gallery=loaded_gallery, align=align, **options)
@@ -243,10 +268,17 @@ class FaceRecognitionSystem:
         here; ``matcher`` None/False: none, True: ``paths.matcher``), settings from the detector and system
         sections. ``aligned_input`` skips detection (the inputs are aligned face crops)."""
         device = select_device(config.runtime.device)
-        detector = None if aligned_input else (config.path("pnet"), config.path("rnet"), config.path("onet"))
+        nets = (config.path("pnet"), config.path("rnet"), config.path("onet"))
+        if config.detector.backend == "onnx":
+            nets = (config.path("onnx"),) * 3
+        detector = None if aligned_input else nets
         matcher_path = config.path("matcher") if matcher is True else (matcher or None)
+        backend = config.system.embedder_backend
+        if embedder is None and backend.startswith("onnx"):
+            embedder = resolve_onnx(config.path("onnx"), "embedder_int8" if backend == "onnx_int8" else "embedder")
         return cls.from_files(
-            embedder or config.path("embedder"), detector=detector,
+            embedder or config.path("embedder"), detector=detector, detector_backend=config.detector.backend,
+            embedder_fp16=backend == "torch_fp16",
             matcher=matcher_path, gallery=gallery, detector_settings=DetectorSettings.from_config(config.detector),
             device=device, align=AlignSettings(config.align.eval_size, config.align.margin, config.align.method,
                                                config.align.select),

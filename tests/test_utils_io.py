@@ -107,3 +107,11 @@ def test_model_state_mismatch_is_one_line(tmp_path):
         load_model_state(torch.nn.Linear(3, 2), torch.nn.Linear(4, 2).state_dict(), "w.pt")
     with pytest.raises(DataError, match="unexpected keys"):
         load_model_state(torch.nn.Linear(3, 2), {**torch.nn.Linear(3, 2).state_dict(), "extra": torch.zeros(1)}, "w.pt")
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    target = tmp_path / "report.json"
+    atomic_write_text(target, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
