@@ -106,7 +106,7 @@ class SystemConfig:
     min_verification_accuracy: float = 0.95
     min_identification_top1: float = 0.90
     max_impostor_accept_rate: float = 0.05
-    gallery_images_per_identity: int = 2
+    gallery_images_per_identity: int = 4
     distractor_identities: int = 0
     # Identification protocol (open set): this share of the test identities is left out of the gallery, and
     # their probes must be rejected; distractors (MegaFace-style) are extra gallery identities from this
@@ -117,11 +117,11 @@ class SystemConfig:
     # Identification threshold: the stricter of the matcher's own and the one at which about this share of
     # probes of people not in the gallery is accepted (per-comparison FAR 1 - (1 - r)^(1 / gallery embeddings),
     # read off the matcher's validation false-accept curve); 0 uses the matcher's own threshold.
-    impostor_accept_target: float = 0.02
+    impostor_accept_target: float = 0.03
     # Inference batching and test-time augmentation.
     detect_batch_images: int = 8
     embed_batch_size: int = 32
-    flip: bool = False  # embed each face and its mirror image (sum of both, re-normalised)
+    flip: bool = True  # embed each face and its mirror image (sum of both, re-normalised)
     # How the embedder runs: torch (paths.embedder) | torch_fp16 (half precision on CUDA; fp32 on the CPU) |
     # onnx | onnx_int8 (paths.onnx embedder.onnx / embedder_int8.onnx on ONNX Runtime; python -m utils.export).
     embedder_backend: str = "torch"
@@ -223,13 +223,13 @@ class MTCNNConfig:
     ``configs/mtcnn_wider.json`` is the real-data preset."""
 
     pnet: MTCNNStageConfig = field(default_factory=lambda: MTCNNStageConfig(
-        size=12, landmark_head=True, epochs=8, batch_size=512, lr=0.003, landmark_weight=0.5))
+        size=12, landmark_head=True, epochs=16, batch_size=512, lr=0.003, landmark_weight=0.5))
     rnet: MTCNNStageConfig = field(default_factory=lambda: MTCNNStageConfig(
-        size=24, landmark_head=True, negatives_per_image=20, crops_per_face=10, landmark_crops_per_face=5, epochs=4,
+        size=24, landmark_head=True, negatives_per_image=20, crops_per_face=10, landmark_crops_per_face=5, epochs=3,
         batch_size=256, lr=0.002, landmark_weight=0.5))
     onet: MTCNNStageConfig = field(default_factory=lambda: MTCNNStageConfig(
         size=48, landmark_head=True, negatives_per_image=10, crops_per_face=10, landmark_crops_per_face=5,
-        epochs=4, batch_size=128, lr=0.002, landmark_weight=1.0))
+        epochs=3, steps_per_epoch=300, batch_size=128, lr=0.002, landmark_weight=1.0))
     # Sample labels by IoU with the nearest face (Zhang et al. 2016).
     iou_negative: float = 0.3  # below: negative
     iou_part: float = 0.4  # from here up to iou_positive: part face
@@ -245,7 +245,7 @@ class MTCNNConfig:
     occlusion: float = 0.25  # chance that a positive/part crop gets a random occluder while training (0 = off)
     blur: float = 0.2  # chance of a Gaussian blur on any training crop (0 = off)
     # Hard-example mining for R and O (the earlier stages run with these low thresholds).
-    mining_thresholds: tuple[float, float] = (0.3, 0.4)  # P-Net, R-Net score thresholds while mining
+    mining_thresholds: tuple[float, float] = (0.4, 0.5)  # P-Net, R-Net score thresholds while mining
     mining_batch_images: int = 8  # images per batched detector call
     # Data: the validation split. 0 = WIDER_val of paths.wider_face; N > 0 = every Nth image of the train
     # annotation file (and every Nth face of landmarks_train, when landmarks_test is the same file).
