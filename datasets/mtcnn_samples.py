@@ -34,7 +34,7 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 from config import MTCNNConfig, MTCNNStageConfig
-from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, concat_samples, count_kinds, empty_samples,
+from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, concat_samples, count_kinds,
                              read_manifest, shard_is_complete, write_manifest, write_shard)
 from utils.atomic import atomic_write_text
 from utils.boxes import box_regression_targets, encode_landmarks

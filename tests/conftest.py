@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -27,3 +29,13 @@ def pretrained_mtcnn() -> Path:
     if not (root / "pnet.pt").is_file():
         pytest.skip(f"original MTCNN weights not found in {root}")
     return root
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a training test: on a busy 2-core machine a second spinning thread costs more than
+    it gives. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -38,13 +37,7 @@ TINY = ["facenet.input_size=32", "facenet.width=0.25", "facenet.embedding_size=3
         "runtime.workers=0", "runtime.device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine a second spinning thread costs far more than it gives."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _align_list(list_path: Path, out_root: Path, size: int, margin: float, rename: bool) -> None:

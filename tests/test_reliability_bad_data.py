@@ -10,12 +10,10 @@ import json
 import shutil
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import prepare_training_data
@@ -37,12 +35,7 @@ ODD_VALID = ("grey.png", "grey16.png", "cmyk.jpg")  # each must be read and used
 EVENT = "1--Ünïcode"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- building the data root -------------------------------------------------------------------------------------

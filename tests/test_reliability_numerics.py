@@ -8,7 +8,6 @@ import csv
 import dataclasses
 import hashlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,7 @@ MTCNN = MTCNN_TINY + ["mtcnn.pnet.epochs=2", f"mtcnn.pnet.steps_per_epoch={MTCNN
                       "mtcnn.pnet.warmup_steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sha(path: Path) -> str:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torchvision.ops import box_iou
 
 from datasets.fddb import ellipse_to_box
-from utils.plots import _save as save_figure
+from utils.plots import plot_pr_curves
 
 
 @dataclass
@@ -202,19 +201,8 @@ def fddb_tpr_at_fp(matches: Sequence[ImageMatch], false_positives: Sequence[int]
 
 def save_pr_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Path:
     """Write a PNG of detection precision-recall curves (name -> (precision, recall)) with AP in the legend."""
-    figure = Figure(figsize=(5.5, 5))
-    ax = figure.add_subplot()
-    for name, (precision, recall) in curves.items():
-        ap = average_precision(recall, precision) if len(recall) else 0.0
-        ax.plot(recall, precision, label=f"{name} (AP {ap:.3f})", linewidth=1.5)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    return save_figure(figure, path)
+    return plot_pr_curves(path, {name: (precision, recall, average_precision(recall, precision) if len(recall) else 0.0)
+                                 for name, (precision, recall) in curves.items()}, title)
 
 
 # --- a cascade's evaluation: every stage, the whole split and the official subsets -------------------------

@@ -30,9 +30,6 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-_save = save_figure  # earlier private name, still imported by utils/detection_eval.py
-
-
 def plot_roc(
     path: str | Path,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -89,6 +86,24 @@ def plot_score_histograms(
     return save_figure(figure, path)
 
 
+def plot_pr_curves(path: str | Path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+                   title: str = "precision-recall") -> Path:
+    """Precision-recall curves (name -> (precision, recall, average precision)), AP in the legend."""
+    figure = Figure(figsize=(5.5, 5))
+    ax = figure.add_subplot()
+    for name, (precision, recall, ap) in curves.items():
+        ax.plot(recall, precision, label=f"{name} (AP {ap:.4f})" if name else f"AP {ap:.4f}", linewidth=1.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="lower left")
+    return save_figure(figure, path)
+
+
 def plot_pr_curve(
     path: str | Path,
     scores: np.ndarray | Sequence[float],
@@ -101,17 +116,7 @@ def plot_pr_curve(
     sim = sim if higher_is_same else -sim
     same = np.asarray(same, dtype=bool).ravel()
     precision, recall, _ = precision_recall_curve(same, sim)
-    figure = Figure(figsize=(5.5, 5))
-    ax = figure.add_subplot()
-    ax.plot(recall, precision, label=f"AP {average_precision_score(same, sim):.4f}", linewidth=1.5)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    return save_figure(figure, path)
+    return plot_pr_curves(path, {"": (precision, recall, average_precision_score(same, sim))}, title)
 
 
 def plot_loss_curves(
