@@ -49,7 +49,7 @@ from models.weights import WHEEL_SOURCE, load_net
 from utils.boxes import apply_box_regression, decode_landmarks, nms, square_boxes
 from utils.device import select_device
 from utils.errors import ConfigError, DataError
-from utils.images import _pil_to_rgb
+from utils.images import pil_to_rgb
 
 STAGES = ("pnet", "rnet", "onet")
 BACKENDS = ("torch", "onnx")  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
@@ -250,7 +250,7 @@ def to_rgb_tensor(image: Any, channel_order: str = "rgb", index: int | None = No
     if channel_order not in CHANNEL_ORDERS:
         raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
     if isinstance(image, Image.Image):
-        return _from_numpy(_pil_to_rgb(image))
+        return _from_numpy(pil_to_rgb(image))
     if isinstance(image, np.ndarray):
         if image.dtype.kind not in "uf" or (image.dtype.kind == "u" and image.dtype != np.uint8):
             raise DataError(label, f"numpy image dtype {image.dtype} is not supported; use uint8 or float (0..255)")

@@ -29,7 +29,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return array.clip(0, 255).astype(np.uint8)
 
 
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
     """Convert any PIL mode to an HxWx3 uint8 RGB array."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         grey = _to_uint8(np.asarray(image))
@@ -55,7 +55,7 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 if width * height > max_pixels:
                     raise DataError(path, f"image is {width}x{height}, over the {max_pixels} pixel limit")
                 image.load()
-                array = _pil_to_rgb(image)
+                array = pil_to_rgb(image)
     except DataError:
         raise
     except UnidentifiedImageError:
