@@ -245,7 +245,8 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     for png in ("roc.png", "scores_threshold.png", "scores_classifier.png"):
         assert read_image(runs / "facenet" / "matching" / png).shape[2] == 3
 
-    system_args = ["--pairs", str(pairs), "--set", "system.unknown_fraction=0.25", *common]
+    system_args = ["--pairs", str(pairs), "--set", "system.unknown_fraction=0.25", "--set", "system.gallery_images_per_identity=2",
+                   *common]
     zero_floors = [f"--set=system.{k}=0" for k in ("min_detection_recall", "min_verification_accuracy",
                                                    "min_identification_top1")] + ["--set=system.max_impostor_accept_rate=1"]
     distractors = tmp_path / "distractors"
