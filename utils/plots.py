@@ -30,6 +30,17 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     return path
 
 
+def _finish_rate_axes(ax, xlabel: str, ylabel: str, title: str, legend: str | None) -> None:
+    """Labels, title, grid, a 0..1 rate on y, and the legend (at ``legend``, None for none) of a curve panel."""
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(loc=legend)
+
+
 def plot_roc(
     path: str | Path,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -50,13 +61,7 @@ def plot_roc(
     else:
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false accept rate")
-    ax.set_ylabel("true accept rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(loc="lower right")
+    _finish_rate_axes(ax, "false accept rate", "true accept rate", title, "lower right" if curves else None)
     return save_figure(figure, path)
 
 
@@ -94,13 +99,7 @@ def plot_pr_curves(path: str | Path, curves: Mapping[str, tuple[np.ndarray, np.n
     for name, (precision, recall, ap) in curves.items():
         ax.plot(recall, precision, label=f"{name} (AP {ap:.4f})" if name else f"AP {ap:.4f}", linewidth=1.5)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(loc="lower left")
+    _finish_rate_axes(ax, "recall", "precision", title, "lower left" if curves else None)
     return save_figure(figure, path)
 
 
