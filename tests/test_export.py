@@ -138,7 +138,7 @@ def test_system_runs_from_the_exported_files(exported: SimpleNamespace, photos: 
     start = 0
     for result, torch_found in zip(results, exported.detections[:3]):
         # The PyTorch path: the PyTorch cascade's faces, cut the same way, through the PyTorch embedder.
-        want = exported.embeddings[False][start:start + len(torch_found)]
+        want = exported.embeddings[config.system.flip][start:start + len(torch_found)]
         start += len(torch_found)
         got = torch.from_numpy(np.stack([face.embedding for face in result.faces]))
         assert len(got) == len(want) >= 1
