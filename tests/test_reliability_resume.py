@@ -333,3 +333,27 @@ def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, 
     assert_same_training_state(checkpoint(out / stage / "last.pt"), checkpoint(unbroken / stage / "last.pt"))
     epochs = [r.split(",")[0] for r in (out / stage / "metrics_train.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"], "one metrics row per epoch, none repeated"
+
+
+def test_a_kill_between_checkpoint_writes_never_leaves_last_without_best(tmp_path, monkeypatch):
+    """The epoch's two files are written best.pt first: killed after the first write, the run has the previous
+    last.pt (it resumes from there) and a best.pt; never a last.pt whose best.pt is missing."""
+    from torch import nn
+
+    import utils.training as training
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = training.StepRunner(optimizer, None, torch.device("cpu"), amp=False)
+    checkpointer = training.Checkpointer(tmp_path, "toy", {})
+    real_save, writes = training.save_checkpoint, []
+
+    def killed_after_first_write(path, payload):
+        if writes:
+            raise KeyboardInterrupt("killed")
+        writes.append(Path(path).name)
+        real_save(path, payload)
+
+    monkeypatch.setattr(training, "save_checkpoint", killed_after_first_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save(model, optimizer, steps, training.TrainingState(epoch=1), metric=0.5)
+    assert writes == ["best.pt"] and not (tmp_path / "last.pt").exists()

@@ -221,9 +221,11 @@ class Checkpointer:
             "config": self.config,
             **(extra or {}),
         }
-        save_checkpoint(self.last_path, payload)
+        # best.pt first: a run killed between the two writes resumes from the previous last.pt and, resuming
+        # exactly, rewrites the same best.pt; the other order could leave a last.pt whose best.pt was never written.
         if improved or (metric is None and not self.best_path.exists()):
             save_checkpoint(self.best_path, payload)
+        save_checkpoint(self.last_path, payload)
         return improved
 
     def save_and_stop(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: StepRunner,
