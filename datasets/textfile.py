@@ -132,8 +132,8 @@ def _parse_record(path: Path, chunk: list[tuple[int, list[str]]], fields: int, z
     count = parse_int(count_tokens[0], path, count_line, f"face count of {name!r}")
     rows = body[1:]
     if count == 0 and zero_row and len(rows) == 1:
-        placeholder = parse_numbers(rows[0][1], fields, path, rows[0][0], "the zero-face placeholder")
-        if np.any(placeholder != 0):
+        filler = parse_numbers(rows[0][1], fields, path, rows[0][0], "the all-zero line after a zero count")
+        if np.any(filler != 0):
             raise DataError(path, f"{name!r} declares 0 faces but has a non-zero face line", line=rows[0][0])
         rows = []
     if len(rows) != count:
@@ -152,7 +152,7 @@ def read_counted_records(path: str | Path, fields: int, *, zero_row: bool = Fals
                          log: BadInputLog | None = None) -> list[CountedRecord]:
     """Read ``name / count / count rows of fields numbers`` records (WIDER, FDDB); blank lines are ignored.
 
-    ``zero_row``: a count of 0 may be followed by one all-zero line (WIDER's placeholder). A bad record
+    ``zero_row``: a count of 0 may be followed by one all-zero filler line (as WIDER writes it). A bad record
     raises DataError (``log`` None or strict) or is reported and skipped; parsing resumes at the next
     image path line, so one bad record never shifts the ones after it.
     """
