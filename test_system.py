@@ -39,7 +39,7 @@ from datasets.lfw import check_pairs_images, lfw_image_path, read_pairs
 from models.matcher import balanced_pairs, matcher_summary
 from models.system import FaceRecognitionSystem, ImageResult
 from utils.atomic import atomic_write_text
-from utils.cli import add_config_args, config_from_args, run
+from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
 from utils.detection_eval import DetectionEvaluator
 from utils.gallery import Gallery
 from utils.seed import seed_everything
@@ -69,9 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--aligned-input", action="store_true",
                       help="the test images are already aligned face crops: skip detection and alignment")
     models = parser.add_argument_group("models (default: the paths section of the config)")
-    models.add_argument("--detector", metavar="DIR", default=None,
-                        help="folder holding pnet.pt, rnet.pt and onet.pt (e.g. the original MTCNN weights); "
-                             "sets paths.pnet/rnet/onet")
+    add_detector_arg(models)
     models.add_argument("--embedder", metavar="FILE", default=None, help="embedder checkpoint (paths.embedder)")
     models.add_argument("--matcher", metavar="FILE", default=None,
                         help="matcher file from train_matching.py (paths.matcher); must be made for this embedder")
@@ -273,8 +271,7 @@ def format_times(system: FaceRecognitionSystem) -> str:
 
 def apply_model_flags(args: argparse.Namespace) -> None:
     """Turn --detector/--embedder/--matcher into ``--set paths.*`` items (so the saved report shows them)."""
-    if args.detector:
-        args.set_items += [f"paths.{net}={Path(args.detector) / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
+    args.set_items += detector_overrides(args.detector)
     if args.embedder:
         args.set_items.append(f"paths.embedder={args.embedder}")
     if args.matcher:

@@ -41,7 +41,7 @@ from models.matcher import (ClassifierMatcher, Matcher, ThresholdMatcher, differ
                             fit_classifier_on_identities, matcher_summary, simulate_open_set)
 from models.system import FaceRecognitionSystem
 from utils.atomic import atomic_write_text
-from utils.cli import add_config_args, config_from_args, run
+from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
 from utils.errors import DataError
 from utils.metrics import VerificationResult, fine_tune_threshold, pair_scores, threshold_at_far, verification_metrics
 from utils.plots import plot_roc, plot_score_histograms
@@ -70,9 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--identities", metavar="DIR", default=None,
                         help="identity folders the classifier's training pairs are built from "
                              "(default: matching.identities, or the --images folder)")
-    parser.add_argument("--detector", metavar="DIR", default=None,
-                        help="folder holding pnet.pt, rnet.pt and onet.pt (e.g. the original MTCNN weights) to find "
-                             "and align the faces with (default: paths.pnet/rnet/onet, the trained cascade)")
+    add_detector_arg(parser, " to find and align the faces with")
     parser.add_argument("--embedder", metavar="FILE", default=None,
                         help="embedder checkpoint whose embeddings are matched (default: paths.embedder)")
     parser.add_argument("--output", metavar="FILE", default=None,
@@ -340,8 +338,7 @@ def write_plots(results: Sequence[MethodResult], pairs: PairSet, report_dir: Pat
 
 def main(args: argparse.Namespace) -> int:
     """Embed the validation pairs, fit and compare the matchers, save the better one, write the report."""
-    if args.detector:
-        args.set_items += [f"paths.{net}={Path(args.detector) / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
+    args.set_items += detector_overrides(args.detector)
     config = config_from_args(args)
     seed_everything(config.runtime.seed)
     settings = config.matching

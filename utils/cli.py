@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from config import Config, load_config
@@ -23,6 +24,20 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--strict", action="store_true",
                        help="stop at the first bad input file with a one-line error instead of skipping and counting it")
     return parser
+
+
+def add_detector_arg(parser: argparse.ArgumentParser | Any, purpose: str = "") -> None:
+    """Add ``--detector DIR``: one folder of pnet.pt, rnet.pt and onet.pt in place of paths.pnet/rnet/onet."""
+    parser.add_argument("--detector", metavar="DIR", default=None,
+                        help="folder holding pnet.pt, rnet.pt and onet.pt (e.g. the original MTCNN weights)"
+                             f"{purpose}; sets paths.pnet/rnet/onet (default: the trained cascade)")
+
+
+def detector_overrides(folder: str | Path | None) -> list[str]:
+    """The ``--set`` items that ``--detector folder`` stands for (none when no folder is given)."""
+    if not folder:
+        return []
+    return [f"paths.{net}={Path(folder) / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
