@@ -195,3 +195,31 @@ def test_mtcnn_skip_flag_skips_an_infinite_loss_batch_and_finishes(
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     assert _all_finite(tmp_path / "pnet" / "last.pt")
     assert (tmp_path / "pnet" / "done.json").is_file()
+
+
+def _check_finite_process(rank: int, port: int, out: str) -> None:
+    """One gloo process: rank 1 sees a NaN loss, rank 0 a finite one; each writes what check_finite decided."""
+    import os
+
+    import torch.distributed as dist
+
+    from utils.training import check_finite
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        loss = torch.tensor(float("nan") if rank == 1 else 0.5)
+        with pytest.warns(RuntimeWarning, match="non-finite loss"):
+            decided = check_finite(loss, "step 1", skip=True)
+        Path(out, f"rank{rank}").write_text(str(decided))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_processes_agree_to_skip_a_batch_one_of_them_found_non_finite(tmp_path: Path) -> None:
+    """Under DDP a NaN in one process makes every process skip that batch (else the others would wait in backward)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.start_processes(_check_finite_process, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    assert (tmp_path / "rank0").read_text() == "False" and (tmp_path / "rank1").read_text() == "False"

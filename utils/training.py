@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
@@ -71,14 +72,21 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def check_finite(loss: torch.Tensor, where: str, skip: bool) -> bool:
-    """True when ``loss`` is finite; otherwise False with ``skip`` (the batch is skipped, with a warning naming
-    it) or NonFiniteLossError."""
-    if torch.isfinite(loss).all():
+    """True when ``loss`` is finite in every process; otherwise False with ``skip`` (the batch is skipped, with a
+    warning naming it) or NonFiniteLossError. Under DDP the processes agree first, so that all of them skip the
+    same batch (one process skipping a backward pass the others run would leave them waiting forever)."""
+    finite = torch.isfinite(loss).all()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = finite.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = flag.bool()
+    if finite:
         return True
+    value = f"{loss.item()}" if not torch.isfinite(loss).all() else "in another process"
     if skip:
-        warnings.warn(f"skipped a batch with a non-finite loss ({loss.item()}) at {where}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"skipped a batch with a non-finite loss ({value}) at {where}", RuntimeWarning, stacklevel=2)
         return False
-    raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at {where}; stopped, the last checkpoint is kept "
+    raise NonFiniteLossError(f"non-finite loss ({value}) at {where}; stopped, the last checkpoint is kept "
                              "(lower the learning rate, or pass --skip-nonfinite to skip such batches)")
 
 
