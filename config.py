@@ -121,7 +121,9 @@ class SystemConfig:
     # Inference batching and test-time augmentation.
     detect_batch_images: int = 8
     embed_batch_size: int = 32
-    flip: bool = True  # embed each face and its mirror image (sum of both, re-normalised)
+    # Embed each face and its mirror image (sum of both, re-normalised). train_matching.py embeds its pairs the
+    # same way, so the thresholds it calibrates hold for the embeddings the system compares.
+    flip: bool = True
     # How the embedder runs: torch (paths.embedder) | torch_fp16 (half precision on CUDA; fp32 on the CPU) |
     # onnx | onnx_int8 (paths.onnx embedder.onnx / embedder_int8.onnx on ONNX Runtime; python -m utils.export).
     embedder_backend: str = "torch"
@@ -161,7 +163,6 @@ class MatchingConfig:
     # Open-set calibration: galleries of half the validation identities (system.gallery_images_per_identity
     # images each) probed by the other half, this many times; sets the identification threshold. 0 = off.
     open_set_rounds: int = 20
-    flip: bool = False  # embed each face and its mirror image
     embed_batch_size: int = 32
 
     def validate(self) -> None:

@@ -353,7 +353,6 @@ def main(args: argparse.Namespace) -> int:
     system = FaceRecognitionSystem.from_config(config, embedder=embedder_path, matcher=None, gallery=None,
                                                aligned_input=args.aligned_input)
     system.embed_batch_size = settings.embed_batch_size
-    system.flip = settings.flip
     pairs = read_pairs(pairs_file)
     check_pairs_images(pairs, images, log=system.log)
     folds = fold_ids_for(pairs, settings.folds)
