@@ -163,10 +163,14 @@ class MatchingConfig:
     # Open-set calibration: galleries of half the validation identities (system.gallery_images_per_identity
     # images each) probed by the other half, this many times; sets the identification threshold. 0 = off.
     open_set_rounds: int = 20
+    # How a gallery identity with several photos is scored: best (its closest embedding) | template (the
+    # re-normalised mean of its embeddings). Stored in the matcher file; the system scores galleries this way.
+    gallery_scoring: str = "best"
     embed_batch_size: int = 32
 
     def validate(self) -> None:
         choices = {"method": ("threshold", "classifier", "both"), "metric": ("cosine", "euclidean"),
+                   "gallery_scoring": ("best", "template"),
                    "classifier": ("logistic", "linear_svm"), "calibration": ("sigmoid", "isotonic")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -264,6 +264,7 @@ def calibrate_open_set(result: MethodResult, identities: IdentitySet, config: Co
     identities its parameters were not fitted on: the threshold matcher uses every validation identity; the
     classifier is refitted on each half of the identities and simulated on the other half."""
     rounds, per_identity = config.matching.open_set_rounds, config.system.gallery_images_per_identity
+    result.matcher.gallery_scoring = config.matching.gallery_scoring
     if rounds == 0:
         return
     rng = np.random.default_rng(config.runtime.seed)
@@ -275,6 +276,7 @@ def calibrate_open_set(result: MethodResult, identities: IdentitySet, config: Co
             try:
                 model = fit_classifier_on_identities(identities.embeddings[fit_rows], identities.labels[fit_rows],
                                                      **classifier_options(config))
+                model.gallery_scoring = result.matcher.gallery_scoring
             except ValueError as exc:
                 result.notes.append(f"open set not calibrated: {exc} in half of the identities")
                 return

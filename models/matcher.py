@@ -40,6 +40,7 @@ CLASSIFIERS = ("logistic", "linear_svm")
 CALIBRATIONS = ("sigmoid", "isotonic")
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # regularisation strengths tried when none is given
 FAR_GRID = tuple(float(f) for f in np.logspace(-4, 0, 41))  # FARs at which the curve is stored
+GALLERY_SCORINGS = ("best", "template")  # an identity's score: its best embedding | its mean embedding
 
 
 class MatcherMismatchError(DataError):
@@ -78,6 +79,7 @@ class Matcher(ABC):
     validation: dict[str, float] = field(default_factory=dict)
     embedder_sha256: str = ""
     higher_is_same: bool = True
+    gallery_scoring: str = "best"  # see identity_similarity
     kind = "matcher"
 
     @abstractmethod
@@ -114,6 +116,20 @@ class Matcher(ABC):
         """Scores turned so that higher always means 'more likely the same person' (for ranking)."""
         scores = np.asarray(scores, dtype=np.float64)
         return scores if self.higher_is_same else -scores
+
+    def identity_similarity(self, probes: np.ndarray, gallery: np.ndarray, owners: np.ndarray, identities: int
+                            ) -> np.ndarray:
+        """Similarity [P, identities] (higher = closer) of each probe to each gallery identity (``owners`` names
+        the identity of each ``gallery`` row): the identity's best single embedding (``gallery_scoring``
+        "best") or the re-normalised mean of its embeddings ("template": one comparison per identity)."""
+        owners = np.asarray(owners)
+        if self.gallery_scoring == "template":
+            sums = np.zeros((identities, self._dim(gallery)))
+            np.add.at(sums, owners, np.asarray(gallery, dtype=np.float64))
+            templates = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            return self.similarity(self.score_matrix(probes, templates))
+        ranked = self.similarity(self.score_matrix(probes, gallery))
+        return np.stack([ranked[:, owners == k].max(axis=1) for k in range(identities)], axis=1)
 
     def set_far_curve(self, negative_scores: np.ndarray) -> None:
         """Record the false-accept curve from held-out scores of different-person pairs (the more, the
@@ -168,6 +184,7 @@ class Matcher(ABC):
             "format": MATCHER_FORMAT, "version": MATCHER_VERSION, "kind": self.kind,
             "embedder_sha256": self.embedder_sha256, "embedding_size": int(self.embedding_size),
             "threshold": float(self.threshold), "higher_is_same": bool(self.higher_is_same),
+            "gallery_scoring": self.gallery_scoring,
             "far_thresholds": self.far_thresholds, "open_set": self.open_set, "validation": self.validation,
             **self._payload(),
         }
@@ -416,9 +433,7 @@ def simulate_open_set(matcher: Matcher, embeddings: np.ndarray, labels: np.ndarr
         gallery = embeddings[np.concatenate(rows)]
         owners = np.repeat(np.arange(len(enrolled)), images_per_identity)
         probes = embeddings[np.isin(labels, unknown)]
-        similarity = matcher.similarity(matcher.score_matrix(probes, gallery))
-        per_identity = np.stack([similarity[:, owners == i].max(axis=1) for i in range(len(enrolled))], axis=1)
-        best.append(per_identity.max(axis=1))
+        best.append(matcher.identity_similarity(probes, gallery, owners, len(enrolled)).max(axis=1))
     return {"gallery_identities": int(enrolled_count), "images_per_identity": int(images_per_identity),
             "rounds": int(rounds), "best_impostor": np.sort(np.concatenate(best)).tolist()}
 
@@ -448,7 +463,11 @@ def load_matcher(path: str | Path, embedder_sha256: str | None = None, embedding
     size = int(data.get("embedding_size", 0))
     if embedding_size is not None and size and size != embedding_size:
         raise MatcherMismatchError(path, f"matcher expects {size}-d embeddings, the embedder gives {embedding_size}-d")
+    scoring = data.get("gallery_scoring", "best")
+    if scoring not in GALLERY_SCORINGS:
+        raise DataError(path, f"unknown gallery_scoring {scoring!r} (one of {', '.join(GALLERY_SCORINGS)})")
     common = {"threshold": float(data["threshold"]), "far_thresholds": data.get("far_thresholds") or {},
+              "gallery_scoring": scoring,
               "open_set": data.get("open_set") or {},
               "embedding_size": size, "validation": data.get("validation") or {}, "embedder_sha256": stored}
     try:

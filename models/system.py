@@ -452,7 +452,8 @@ class FaceRecognitionSystem:
                          ) -> tuple[list[str | None], list[str | None], np.ndarray]:
         """Name each embedding row against the gallery: (accepted names, closest names, best scores).
 
-        An identity's score is its best over its gallery embeddings; rows of NaN (no face) get None and NaN.
+        An identity's score is its best gallery embedding's or its mean embedding's (the matcher's
+        ``gallery_scoring``); rows of NaN (no face) get None and NaN.
         """
         matcher = self._need_matcher()
         thr = matcher.threshold if threshold is None else threshold
@@ -466,8 +467,7 @@ class FaceRecognitionSystem:
         if not len(valid) or not len(gallery):
             return accepted, closest, best
         with self.times.stage("match", len(valid)):
-            ranked = matcher.similarity(matcher.score_matrix(embeddings[valid], gallery))  # [V, M], higher = closer
-            per_identity = np.stack([ranked[:, owners == k].max(axis=1) for k in range(len(self.gallery))], axis=1)
+            per_identity = matcher.identity_similarity(embeddings[valid], gallery, owners, len(self.gallery))
             top = per_identity.argmax(axis=1)
             top_scores = matcher.similarity(per_identity[np.arange(len(valid)), top])  # back to matcher units
             ok = matcher.decide(top_scores, thr)

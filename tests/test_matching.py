@@ -166,6 +166,30 @@ def test_open_set_threshold_from_simulated_galleries_holds_on_new_identities() -
     assert ThresholdMatcher(threshold=0.3).open_set_threshold(0.05, 30) is None
 
 
+def test_gallery_scoring_best_or_template_and_it_survives_save_and_load(tmp_path) -> None:
+    emb, labels = clustered_embeddings(5, 4, 0.8, seed=2)
+    probes, gallery, owners = emb[labels == 0][:1], emb[labels != 0], labels[labels != 0] - 1
+    best = ThresholdMatcher(threshold=0.5, metric="cosine")
+    scores = best.identity_similarity(probes, gallery, owners, 4)
+    expected = [max(float(probes[0] @ g) for g in gallery[owners == k]) for k in range(4)]
+    np.testing.assert_allclose(scores[0], expected)
+    template = ThresholdMatcher(threshold=0.5, metric="cosine", gallery_scoring="template")
+    means = np.stack([gallery[owners == k].mean(axis=0) for k in range(4)])
+    np.testing.assert_allclose(template.identity_similarity(probes, gallery, owners, 4)[0],
+                               means @ probes[0] / np.linalg.norm(means, axis=1))
+    euclidean = ThresholdMatcher(threshold=1.0, metric="euclidean", gallery_scoring="template")
+    assert euclidean.identity_similarity(probes, gallery, owners, 4).argmax() == template.identity_similarity(
+        probes, gallery, owners, 4).argmax()  # same ranking: distances of unit vectors
+    loaded = load_matcher(template.save(tmp_path / "m.json", HASH_A))
+    assert loaded.gallery_scoring == "template"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({k: v for k, v in best.to_dict().items() if k != "gallery_scoring"} | {"embedder_sha256": HASH_A}))
+    assert load_matcher(path).gallery_scoring == "best"  # files written before the key existed
+    path.write_text(json.dumps(best.to_dict() | {"embedder_sha256": HASH_A, "gallery_scoring": "median"}))
+    with pytest.raises(DataError, match="gallery_scoring"):
+        load_matcher(path)
+
+
 def test_score_matrix_equals_row_wise_scores() -> None:
     emb, labels = clustered_embeddings(6, 3, 0.7)
     matcher = fit_classifier_on_identities(emb, labels, pairs_per_identity=3, folds=2)
