@@ -325,6 +325,9 @@ class FaceNetConfig:
     input_size: int = 64  # the network's input side; aligned crops are scaled by input_size / align.eval_size
     width: float = 0.5  # mobilefacenet channel multiplier
     dropout: float = 0.0
+    # Input standardization: fixed ((x - 127.5) / 128, as FaceNet's published weights expect) | per_image (each
+    # face's own mean and std, FaceNet's prewhitening: dark or washed-out photos look alike to the network).
+    standardization: str = "fixed"
     pretrained: str = ""  # facenet-pytorch InceptionResnetV1 state_dict to start from (fine-tuning); '' = random init
     # Data, as prepare_training_data.py --align writes it ({data_root}, {runs_dir} and {aligned} expand).
     train_images: str = "{aligned}/train"  # identity folders of align.train_size crops
@@ -365,6 +368,10 @@ class FaceNetConfig:
     def validate(self) -> None:
         if self.backbone not in ("mobilefacenet", "inception_resnet_v1"):
             raise ConfigError(f"config key 'facenet.backbone': {self.backbone!r} is not mobilefacenet or inception_resnet_v1")
+        if self.standardization not in ("fixed", "per_image"):
+            raise ConfigError(f"config key 'facenet.standardization': {self.standardization!r} is not fixed or per_image")
+        if self.pretrained and self.standardization != "fixed":
+            raise ConfigError("config key 'facenet.standardization': published FaceNet weights expect 'fixed'")
         if self.mining not in ("semi_hard", "batch_hard", "batch_all"):
             raise ConfigError(f"config key 'facenet.mining': {self.mining!r} is not semi_hard, batch_hard or batch_all")
         if not 0.0 < self.margin <= 1.0:

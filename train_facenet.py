@@ -365,7 +365,7 @@ def build_model(cfg: FaceNetConfig) -> Embedder:
     """The configured embedder (random initialisation, or facenet-pytorch weights from ``cfg.pretrained``)."""
     width = cfg.width if cfg.backbone == "mobilefacenet" else 1.0
     model = Embedder.build(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
-                           input_size=cfg.input_size, width=width)
+                           input_size=cfg.input_size, width=width, standardization=cfg.standardization)
     if cfg.pretrained:
         if cfg.backbone != "inception_resnet_v1":
             raise ConfigError("facenet.pretrained: published FaceNet weights fit backbone inception_resnet_v1 only")
@@ -379,6 +379,7 @@ def architecture(config: Config) -> dict[str, Any]:
     cfg, a = config.facenet, config.align
     return {"backbone": cfg.backbone, "embedding_size": cfg.embedding_size, "input_size": cfg.input_size,
             "width": cfg.width if cfg.backbone == "mobilefacenet" else 1.0, "dropout": cfg.dropout,
+            "standardization": cfg.standardization,
             "align": {"size": a.eval_size, "margin": a.margin, "method": a.method,
                       "margin_at_input_size": a.margin * cfg.input_size / a.eval_size}}
 

@@ -42,9 +42,19 @@ def build_backbone(
     raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
-def standardize(images: Tensor) -> Tensor:
-    """0..255 pixels (uint8 or float) -> float (x - 127.5) / 128, the FaceNet input scaling."""
-    return (images.float() - PIXEL_MEAN) / PIXEL_SCALE
+STANDARDIZATIONS = ("fixed", "per_image")
+
+
+def standardize(images: Tensor, mode: str = "fixed") -> Tensor:
+    """0..255 pixels (uint8 or float) [N, C, H, W] -> network input: ``fixed`` (x - 127.5) / 128, the scaling of
+    FaceNet and its published weights; ``per_image`` each face's own mean and standard deviation (FaceNet's
+    prewhitening: exposure and contrast of the photo no longer matter; std floored at 1 grey level)."""
+    x = images.float()
+    if mode == "per_image":
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
+        return (x - mean) / std
+    return (x - PIXEL_MEAN) / PIXEL_SCALE
 
 
 def _as_batch(images: Tensor | Sequence[np.ndarray], size: int) -> Tensor:
@@ -107,8 +117,11 @@ class Embedder(nn.Module):
     ``input_size`` is the side ``embed`` resizes to; by default the backbone's own, else 160 (FaceNet).
     """
 
-    def __init__(self, backbone: nn.Module, input_size: int | None = None) -> None:
+    def __init__(self, backbone: nn.Module, input_size: int | None = None, standardization: str = "fixed") -> None:
         super().__init__()
+        if standardization not in STANDARDIZATIONS:
+            raise ConfigError(f"unknown input standardization {standardization!r}; choose one of {', '.join(STANDARDIZATIONS)}")
+        self.standardization = standardization
         built_for = getattr(backbone, "input_size", None)  # fixed-size backbones (MobileFaceNet) carry theirs
         if input_size is None:
             input_size = built_for if built_for is not None else 160
@@ -119,10 +132,11 @@ class Embedder(nn.Module):
 
     @classmethod
     def build(
-        cls, name: str, embedding_size: int = 512, dropout: float = 0.0, input_size: int = 160, width: float = 1.0
+        cls, name: str, embedding_size: int = 512, dropout: float = 0.0, input_size: int = 160, width: float = 1.0,
+        standardization: str = "fixed",
     ) -> Embedder:
         """Build the named backbone (see :func:`build_backbone`) and wrap it."""
-        return cls(build_backbone(name, embedding_size, dropout, input_size, width), input_size)
+        return cls(build_backbone(name, embedding_size, dropout, input_size, width), input_size, standardization)
 
     @property
     def embedding_size(self) -> int:
@@ -131,7 +145,7 @@ class Embedder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """[N, 3, H, W] pixels 0..255 (uint8 or float) -> [N, D] L2-normalised embeddings (differentiable)."""
-        return F.normalize(self.backbone(standardize(images)), p=2, dim=1)
+        return F.normalize(self.backbone(standardize(images, self.standardization)), p=2, dim=1)
 
     def embed(
         self,
@@ -152,7 +166,7 @@ class Embedder(nn.Module):
 
         def features(batch: Tensor) -> Tensor:
             with torch.inference_mode():
-                return self.backbone(standardize(batch).to(dtype))
+                return self.backbone(standardize(batch, self.standardization).to(dtype))
 
         try:
             return embed_in_batches(features, images, self.input_size, self.embedding_size, batch_size, flip, device)

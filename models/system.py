@@ -161,7 +161,8 @@ def read_embedder(path: Path, device: torch.device) -> tuple[Embedder, AlignSett
     try:
         model = Embedder.build(str(arch["backbone"]), embedding_size=int(arch["embedding_size"]),
                                dropout=float(arch.get("dropout", 0.0)), input_size=int(arch["input_size"]),
-                               width=float(arch.get("width", 1.0)))
+                               width=float(arch.get("width", 1.0)),
+                               standardization=str(arch.get("standardization", "fixed")))
         align = recorded_align(arch.get("align"))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(path, f"embedder checkpoint has an incomplete architecture entry ({type(exc).__name__}: "

@@ -196,6 +196,22 @@ def test_standardize_maps_pixel_range_like_facenet() -> None:
     torch.testing.assert_close(out, torch.tensor([-127.5, -0.5, 0.5, 127.5]) / 128.0)
 
 
+def test_per_image_standardization_ignores_exposure_and_contrast() -> None:
+    rng = np.random.default_rng(0)
+    face = torch.from_numpy(rng.uniform(60, 200, size=(1, 3, 16, 16)).astype(np.float32))
+    dark = face * 0.3 + 5  # an under-exposed, low-contrast copy
+    out = standardize(torch.cat([face, dark]), "per_image")
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-4)
+    assert abs(float(out[0].mean())) < 1e-5 and abs(float(out[0].std()) - 1.0) < 1e-4
+    flat = standardize(torch.full((1, 3, 4, 4), 90.0), "per_image")
+    assert torch.isfinite(flat).all() and float(flat.abs().max()) == 0.0  # no division by zero
+    model = Embedder(MobileFaceNet(embedding_size=8, input_size=48, width=0.25), standardization="per_image").eval()
+    images = torch.from_numpy(rng.uniform(0, 255, size=(2, 3, 48, 48)).astype(np.float32))
+    torch.testing.assert_close(model.embed(images), model.embed(images * 0.5 + 20), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="standardization"):
+        Embedder(MobileFaceNet(embedding_size=8, input_size=48, width=0.25), standardization="z")
+
+
 def test_checkpoint_fingerprint_tracks_content(tmp_path) -> None:
     first, second = tmp_path / "a.pt", tmp_path / "b.pt"
     first.write_bytes(b"weights-1" * 100_000)

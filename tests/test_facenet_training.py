@@ -207,3 +207,17 @@ def test_ddp_on_cpu_with_two_processes(aligned: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == ["1", "2"] and int(rows[-1]["step"]) == 4, "4 batches shared by 2 processes"
     assert (tmp_path / "best.pt").is_file() and len(_rows(tmp_path / "metrics_val.csv")) == 2
     assert "bad_inputs" in json.loads((tmp_path / "report.json").read_text())
+
+
+def test_checkpoint_records_the_input_standardization(tmp_path: Path) -> None:
+    """The system rebuilds the embedder with the standardization it was trained with (per_image here)."""
+    from config import load_config
+    from utils.checkpoint import save_checkpoint
+    config = load_config(None, ["facenet.standardization=per_image", "facenet.input_size=32", "facenet.width=0.25",
+                                "facenet.embedding_size=16"])
+    model = train_facenet.build_model(config.facenet)
+    save_checkpoint(tmp_path / "e.pt", {"model": model.state_dict(), "embedder": train_facenet.architecture(config)})
+    loaded = load_embedder(tmp_path / "e.pt", torch.device("cpu"))
+    assert loaded.standardization == "per_image"
+    images = torch.rand(2, 3, 32, 32) * 255
+    torch.testing.assert_close(loaded.embed(images), loaded.embed(images * 0.4 + 10), rtol=1e-4, atol=1e-4)
