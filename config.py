@@ -165,7 +165,7 @@ class MatchingConfig:
     open_set_rounds: int = 20
     # How a gallery identity with several photos is scored: best (its closest embedding) | template (the
     # re-normalised mean of its embeddings). Stored in the matcher file; the system scores galleries this way.
-    gallery_scoring: str = "best"
+    gallery_scoring: str = "template"
     embed_batch_size: int = 32
 
     def validate(self) -> None:
@@ -327,7 +327,7 @@ class FaceNetConfig:
     dropout: float = 0.0
     # Input standardization: fixed ((x - 127.5) / 128, as FaceNet's published weights expect) | per_image (each
     # face's own mean and std, FaceNet's prewhitening: dark or washed-out photos look alike to the network).
-    standardization: str = "fixed"
+    standardization: str = "per_image"
     pretrained: str = ""  # facenet-pytorch InceptionResnetV1 state_dict to start from (fine-tuning); '' = random init
     # Data, as prepare_training_data.py --align writes it ({data_root}, {runs_dir} and {aligned} expand).
     train_images: str = "{aligned}/train"  # identity folders of align.train_size crops

@@ -26,7 +26,7 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 class SyntheticSpec:
     """Sizes of the synthetic set; every field is a plain value so config.py can mirror it.
 
-    The defaults (750 scenes, 300 x 8 identity photos, 2 x 40 x 8 pair-set photos, 2,400 landmark crops)
+    The defaults (750 scenes, 600 x 8 identity photos, 80 + 40 x 8 pair-set photos, 2,400 landmark crops)
     take about 130 CPU-seconds, about a minute with 2 workers on an idle 2-core machine.
     """
 
@@ -39,11 +39,11 @@ class SyntheticSpec:
     min_face: int = 12  # face box height range in scenes, pixels (hairline to chin)
     max_face: int = 250
     scene_identities: int = 300  # people who appear in scenes
-    train_identities: int = 300  # identities/<id>/ folders (VGGFace2 shape)
+    train_identities: int = 600  # identities/<id>/ folders (VGGFace2 shape)
     images_per_identity: int = 8
     identity_width: tuple[int, int] = (180, 260)  # identity photo size ranges, pixels
     identity_height: tuple[int, int] = (200, 300)
-    val_identities: int = 40  # lfw_val: held-out people, pairs for validation / threshold tuning
+    val_identities: int = 80  # lfw_val: held-out people, pairs for validation / threshold tuning
     val_images_per_identity: int = 8
     val_folds: int = 10
     val_pairs_per_fold: int = 30  # same pairs per fold (and as many different ones)

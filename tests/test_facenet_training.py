@@ -89,9 +89,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_reduced_synthetic_preset_learns(aligned: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="9999.jpg"):
-        assert _train(aligned, tmp_path, "facenet.epochs=12", "facenet.batches_per_epoch=5", "facenet.lr=0.01") == 0
+        assert _train(aligned, tmp_path, "facenet.epochs=16", "facenet.batches_per_epoch=5", "facenet.lr=0.01") == 0
     train, val = _rows(tmp_path / "metrics_train.csv"), _rows(tmp_path / "metrics_val.csv")
-    assert len(train) == len(val) == 12
+    assert len(train) == len(val) == 16
     losses = [float(r["loss"]) for r in train]
     accuracy = [float(r["val_accuracy"]) for r in val]
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"triplet loss should fall: {losses}"
