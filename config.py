@@ -315,7 +315,7 @@ class AlignConfig:
 @dataclass
 class FaceNetConfig:
     """Triplet-loss embedder training (train_facenet.py). Defaults: the synthetic preset (MobileFaceNet x0.5 at
-    64 px, 660 steps of 32 x 4 faces, margin 0.3: about 6 minutes on 2 cores); ``configs/facenet_real.json`` (the
+    64 px, per-image standardization, 660 steps of 32 x 4 faces, margin 0.3: about 8 minutes on 2 cores); ``configs/facenet_real.json`` (the
     guide's hyperparameters, Inception-ResNet-v1 at 160 px) and ``configs/facenet_celeba.json`` are the
     real-data presets."""
 

@@ -27,7 +27,7 @@ class SyntheticSpec:
     """Sizes of the synthetic set; every field is a plain value so config.py can mirror it.
 
     The defaults (750 scenes, 600 x 8 identity photos, 80 + 40 x 8 pair-set photos, 2,400 landmark crops)
-    take about 130 CPU-seconds, about a minute with 2 workers on an idle 2-core machine.
+    take about 90 seconds with 2 workers on an idle 2-core machine.
     """
 
     seed: int = 0
