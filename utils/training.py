@@ -75,14 +75,15 @@ def check_finite(loss: torch.Tensor, where: str, skip: bool) -> bool:
     """True when ``loss`` is finite in every process; otherwise False with ``skip`` (the batch is skipped, with a
     warning naming it) or NonFiniteLossError. Under DDP the processes agree first, so that all of them skip the
     same batch (one process skipping a backward pass the others run would leave them waiting forever)."""
-    finite = torch.isfinite(loss).all()
+    finite_here = torch.isfinite(loss).all()
+    finite = finite_here
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flag = finite.to(torch.int32)
+        flag = finite_here.to(torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         finite = flag.bool()
     if finite:
         return True
-    value = f"{loss.item()}" if not torch.isfinite(loss).all() else "in another process"
+    value = "in another process" if finite_here else f"{loss.item()}"
     if skip:
         warnings.warn(f"skipped a batch with a non-finite loss ({value}) at {where}", RuntimeWarning, stacklevel=2)
         return False
