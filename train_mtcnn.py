@@ -32,13 +32,14 @@ from config import Config, MTCNNConfig, MTCNNStageConfig
 from datasets.celeba import read_celeba_landmark_annotations
 from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
 from datasets.landmarks import landmark_image_path, read_landmark_list
-from datasets.mtcnn_samples import (DetectionItem, LandmarkItem, augment_batch, crop_resize, generate_samples,
-                                    integral_image, target_frame)
+from datasets.mtcnn_samples import (DetectFn, DetectionItem, LandmarkItem, Mined, augment_batch, generate_samples,
+                                    target_frame)
 from datasets.packed import BalancedBatchSampler, PackedSamples, batch_collate
 from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
 from models.detector import DetectorSettings, FaceDetector
 from models.mtcnn import NET_INPUT_SIZE, build_net
 from models.weights import load_net
+from utils.area_resize import crop_resize, integral_image
 from utils.atomic import atomic_write_text
 from utils.boxes import decode_landmarks, square_boxes
 from utils.checkpoint import load_checkpoint
@@ -208,9 +209,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
 
 
-def mining_function(detector: FaceDetector, until: str):
-    """A batched ``DetectFn`` for sample generation: the candidates stage ``until`` hands on, and their crop regions."""
-    def detect(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def mining_function(detector: FaceDetector, until: str) -> DetectFn:
+    """A batched ``DetectFn`` for sample generation: the candidates stage ``until`` hands on, their crop regions
+    and each image's integral image (the samples are cut from the tables the cascade already built)."""
+    def detect(images: list[np.ndarray]) -> list[Mined]:
         with torch.inference_mode():
             prep = detector.prepare(images)
             cands = detector.pnet_stage(prep)
@@ -220,7 +222,7 @@ def mining_function(detector: FaceDetector, until: str):
         out = []
         for i in range(len(images)):
             mine = (cands.image_index == i) & valid
-            out.append((cands.boxes[mine].cpu().numpy(), regions[mine].cpu().numpy()))
+            out.append(Mined(cands.boxes[mine].cpu().numpy(), regions[mine].cpu().numpy(), prep.integral(i)))
         return out
     return detect
 

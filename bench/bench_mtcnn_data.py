@@ -213,13 +213,16 @@ def bench_stage_p(images: list[np.ndarray], geometry: list[tuple], config: MTCNN
 
 
 def bench_mining(images: list[np.ndarray], geometry: list[tuple], config: Config, weights: Path, until: str,
-                 batch: int) -> dict[str, tuple]:
-    """images/s of mining for the stage after ``until``: networks + per-box work, ours and the loop."""
+                 batch: int, device: str) -> dict[str, tuple]:
+    """images/s of mining for the stage after ``until``: networks + per-box work, ours and the loop.
+
+    Ours cuts its crops from the integral images the cascade built, on ``device``; the loop crops on the CPU.
+    """
     m = config.mtcnn
     nets = [load_net(weights, name) for name in ("pnet", "rnet", "onet")]
     settings = DetectorSettings.from_config(config.detector)
     settings.thresholds = (m.mining_thresholds[0], m.mining_thresholds[1], config.detector.thresholds[2])
-    detector = FaceDetector(*nets, settings=settings, device="cpu")
+    detector = FaceDetector(*nets, settings=settings, device=device)
     detect = mining_function(detector, until)
     size = 24 if until == "pnet" else 48
     stage, rule = (m.rnet if until == "pnet" else m.onet), IouRule.from_config(m)
@@ -229,19 +232,19 @@ def bench_mining(images: list[np.ndarray], geometry: list[tuple], config: Config
     for first in range(0, len(images), batch):
         found += detect(images[first:first + batch])
     net_wall, net_cpu = _since(start)
-    boxes = sum(len(b) for b, _ in found)
+    boxes = sum(len(candidates.boxes) for candidates in found)
     results = {"networks": (boxes, net_wall, net_cpu)}
     mined_only = replace(stage, negatives_per_image=0, negatives_near_face=0, crops_per_face=0)
     for name in ("ours", "loop"):
         rng = np.random.default_rng(0)
         kept = 0
         start = _clock()
-        for image, (faces, avoid), (b, r) in zip(images, geometry, found):
+        for image, (faces, avoid), mined in zip(images, geometry, found):
             if name == "ours":
-                mined = detection_samples(image, faces, avoid, size, mined_only, rule, rng, mined=(b, r))
-                kept += len(mined["kinds"])
+                kept += len(detection_samples(image, faces, avoid, size, mined_only, rule, rng, mined=mined)["kinds"])
             else:
-                kept += baseline_mined(image, faces, avoid, b, r, size, rule, stage.mined_negatives_per_image, rng)
+                kept += baseline_mined(image, faces, avoid, mined.boxes, mined.regions, size, rule,
+                                       stage.mined_negatives_per_image, rng)
         wall, cpu = _since(start)
         results[name] = (kept, wall, cpu)
     return results
@@ -257,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="stage-P repeats (best wall time kept)")
     parser.add_argument("--batch", type=int, default=8, help="images per detector call while mining")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--device", default="cpu", help="where the cascade runs while mining (cpu, cuda): ours crops there too")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     images, geometry, decode = load_images(Path(args.data), args.images, config.mtcnn.min_face_size)
     pixels = sum(i.shape[0] * i.shape[1] for i in images) / len(images)
     print(f"{len(images)} images from {args.data} (mean {pixels / 1e6:.2f} MP, decoding {decode / len(images) * 1e3:.1f} ms "
-          f"per image, not counted below); {platform.processor() or platform.machine()}, torch threads {args.threads}")
+          f"per image, not counted below); {platform.processor() or platform.machine()}, torch threads {args.threads}, "
+          f"mining on {args.device}")
 
     p = bench_stage_p(images, geometry, config.mtcnn, args.repeats)
     print("\n| stage-P samples (12 px) | crops | wall s | crops/s | CPU s | speed-up (wall) |")
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for until, label in (("pnet", "stage-R mining (P-Net, 24 px)"), ("rnet", "stage-O mining (P+R-Net, 48 px)")):
         r = bench_mining(images, geometry, config, Path(args.weights) if args.weights != "facenet-pytorch"
-                         else args.weights, until, args.batch)
+                         else args.weights, until, args.batch, args.device)
         boxes, net_wall, net_cpu = r["networks"]
         n = len(images)
         print(f"\n| {label}: {boxes:,} candidate boxes | per-box work s | boxes/s | images/s incl. networks | speed-up per-box | speed-up end to end |")

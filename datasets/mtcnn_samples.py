@@ -7,8 +7,9 @@ and shifted/scaled crops around each face labelled by IoU with the nearest face 
 the landmark-list faces kept at IoU >= 0.65, mirrored (left/right points swapped) and slightly rotated.
 
 Everything per crop is vectorised: IoU with ``torchvision.ops.box_iou`` over all crops of an image at
-once, and cropping + resizing by gathers from the image's summed-area table, which computes exactly
-what ``F.interpolate(crop, size, mode="area")`` does (the detector's resampling) for any number of crops.
+once, and cropping + resizing by gathers from the image's summed-area table (``utils.area_resize``, the
+detector's own resampling: what ``F.interpolate(crop, size, mode="area")`` computes). While mining, the
+crops are read from the integral images the cascade already built for the image, on its device.
 Targets are box offsets over the crop size and landmarks ``x1..x5, y1..y5`` relative to the crop, encoded
 (``utils.boxes``) against the box the cascade decodes that crop's outputs with (``target_frame``), so a
 trained net's outputs land where the detector puts them. Half of the random and landmark crops are
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from config import MTCNNConfig, MTCNNStageConfig
 from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, concat_samples, count_kinds,
                              read_manifest, shard_is_complete, write_manifest, write_shard)
+from utils.area_resize import crop_resize, integral_image
 from utils.atomic import atomic_write_text
 from utils.boxes import box_regression_targets, encode_landmarks
 from utils.errors import BadInputLog, DataError
@@ -43,49 +45,22 @@ from utils.images import read_image
 
 # Mirroring swaps left and right eyes and mouth corners (points in LANDMARK_NAMES order).
 MIRROR_POINTS = [1, 0, 2, 4, 3]
-# Mining: per image, the candidate boxes the cascade hands to the next stage (float [N, 4], the frame
-# their outputs are decoded in) and the integer pixel regions it crops for them ([N, 4], end exclusive).
-DetectFn = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass
+class Mined:
+    """One image's hard-example candidates from the earlier stages of the cascade (stages R/O)."""
+
+    boxes: np.ndarray  # float [N, 4]: the boxes handed to the next stage, the frame their outputs decode in
+    regions: np.ndarray  # int [N, 4]: the pixel regions the cascade crops for them (end exclusive)
+    integral: torch.Tensor | None = None  # the image's integral image as the cascade built it, reused for every crop
+
+
+# Mining: runs the earlier stages on a batch of images and returns each image's candidates.
+DetectFn = Callable[[list[np.ndarray]], list[Mined]]
 
 
 # --- geometry: crops, labels, targets ---------------------------------------------------------------------
-
-
-def integral_image(image: np.ndarray) -> np.ndarray:
-    """Summed-area table [H+1, W+1, 3] of an HxWx3 uint8 image (exact integers)."""
-    depth = cv2.CV_32S if image.shape[0] * image.shape[1] <= 8_000_000 else cv2.CV_64F
-    return cv2.integral(np.ascontiguousarray(image), sdepth=depth)
-
-
-def _bins(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Adaptive-average-pool bin edges [C, size]: floor(i*L/S) .. ceil((i+1)*L/S), offset by ``start``."""
-    i = np.arange(size, dtype=np.int64)
-    lo = start[:, None] + (i * length[:, None]) // size
-    hi = start[:, None] - ((-(i + 1) * length[:, None]) // size)
-    return lo, hi
-
-
-def crop_resize(integral: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Crop integer boxes (x1, y1, x2, y2, end exclusive) and area-resize each to ``size`` x ``size``.
-
-    Pixels outside the image count as black (zero padding). Returns uint8 [C, size, size, 3].
-    """
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    if not len(boxes):
-        return np.zeros((0, size, size, 3), dtype=np.uint8)
-    height, width = integral.shape[0] - 1, integral.shape[1] - 1
-    x_lo, x_hi = _bins(boxes[:, 0], np.maximum(boxes[:, 2] - boxes[:, 0], 1), size)
-    y_lo, y_hi = _bins(boxes[:, 1], np.maximum(boxes[:, 3] - boxes[:, 1], 1), size)
-    scale = 1.0 / ((y_hi - y_lo)[:, :, None] * (x_hi - x_lo)[:, None, :]).astype(np.float32)
-    # Corner positions as rows of the flattened [(H+1) * (W+1), 3] table: one 1-D take per corner.
-    x_lo, x_hi = np.clip(x_lo, 0, width)[:, None, :], np.clip(x_hi, 0, width)[:, None, :]
-    r_lo = (np.clip(y_lo, 0, height) * (width + 1))[:, :, None]
-    r_hi = (np.clip(y_hi, 0, height) * (width + 1))[:, :, None]
-    flat = integral.reshape(-1, 3)
-    total = (flat.take((r_hi + x_hi).ravel(), axis=0) - flat.take((r_lo + x_hi).ravel(), axis=0)
-             - flat.take((r_hi + x_lo).ravel(), axis=0) + flat.take((r_lo + x_lo).ravel(), axis=0))
-    mean = total.reshape(len(boxes), size, size, 3) * scale[..., None]
-    return np.clip(mean + 0.5, 0, 255).astype(np.uint8)
 
 
 def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -295,11 +270,11 @@ def _take(rng: np.random.Generator, mask: np.ndarray, limit: int) -> np.ndarray:
 
 
 def detection_samples(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, size: int, stage: MTCNNStageConfig,
-                      rule: IouRule, rng: np.random.Generator, mined: tuple[np.ndarray, np.ndarray] | None = None,
+                      rule: IouRule, rng: np.random.Generator, mined: Mined | None = None,
                       mirror: bool = True) -> dict[str, np.ndarray]:
     """All face/non-face/part samples of one image, cropped and resized to ``size``: random negatives,
     negatives near faces, shifted crops around faces (half mirrored when ``mirror``) and, for stages R/O,
-    the ``mined`` candidates (boxes, regions) of the earlier stages, labelled by their boxes' IoU."""
+    the ``mined`` candidates of the earlier stages, labelled by their boxes' IoU (only the kept ones are cropped)."""
     height, width = image.shape[:2]
     groups = [random_crops(rng, width, height, size, 3 * stage.negatives_per_image),
               near_face_crops(rng, faces, width, height, size, 3 * stage.negatives_near_face),
@@ -324,15 +299,15 @@ def detection_samples(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, s
         seen[turn] = mirror_geometry(regions[is_face][turn], seen[turn])[0]
         frames, inclusive = target_frame(regions[is_face], size)
         targets[is_face] = encode_targets(frames, inclusive, seen)[0]
-    integral = integral_image(image)
+    integral = mined.integral if mined is not None and mined.integral is not None else integral_image(image)
     images = crop_resize(integral, regions, size)
     images[flipped] = images[flipped][:, :, ::-1]
     samples = [{"images": images, "kinds": kinds, "boxes": targets,
                 "landmarks": np.zeros((len(regions), 10), dtype=np.float32)}]
 
-    if mined is not None and len(mined[0]):
-        boxes = np.asarray(mined[0], dtype=np.float64).reshape(-1, 4)
-        cut = np.asarray(mined[1], dtype=np.int64).reshape(-1, 4)
+    if mined is not None and len(mined.boxes):
+        boxes = np.asarray(mined.boxes, dtype=np.float64).reshape(-1, 4)
+        cut = np.asarray(mined.regions, dtype=np.int64).reshape(-1, 4)
         kinds, nearest = label_crops(boxes, faces, avoid, rule)
         neg = _take(rng, kinds == NEGATIVE, stage.mined_negatives_per_image)
         pick = np.sort(np.concatenate([neg, np.flatnonzero((kinds == POSITIVE) | (kinds == PART))]))
@@ -643,14 +618,14 @@ def _mine_task(task: SampleTask, store: Path, size: int, config: MTCNNConfig, st
             else:
                 readable.append((index, image))
         detections = detect([image for _, image in readable]) if readable else []
-        for (index, image), boxes in zip(readable, detections):
+        for (index, image), mined in zip(readable, detections):
             item = task.items[index]
             height, width = image.shape[:2]
             chosen, avoid, counts, bad = select_faces(item, width, height, config.min_face_size)
             tally.problems += [(item.image_path, message) for message in bad]
             tally.faces.add(counts)
             rng = np.random.default_rng(task.seeds[index])
-            parts.append(detection_samples(image, chosen, avoid, size, stage, rule, rng, mined=boxes,
+            parts.append(detection_samples(image, chosen, avoid, size, stage, rule, rng, mined=mined,
                                             mirror=config.mirror))
             tally.images += 1
         bar.update(len(batch))

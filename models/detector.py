@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 
 from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, NetOutput
 from models.weights import WHEEL_SOURCE, load_net
+from utils.area_resize import area_resize, integral_image, mean_pixels, take_difference
 from utils.boxes import apply_box_regression, decode_landmarks, nms, square_boxes
 from utils.device import select_device
 from utils.errors import ConfigError, DataError
@@ -55,7 +55,6 @@ STAGES = ("pnet", "rnet", "onet")
 BACKENDS = ("torch", "onnx")  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
 CHANNEL_ORDERS = ("rgb", "bgr")
 PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the networks' input scaling: (x - 127.5) / 128
-INT32_SAFE_PIXELS = (2**31 - 1) // 255  # uint8 images up to this size have integral images within int32
 
 
 @dataclass
@@ -291,33 +290,6 @@ def _split_batch(images: Any) -> list[Any]:
     return [images]
 
 
-def _integral_image(rgb: Tensor, integer: bool) -> Tensor:
-    """The (H+1)x(W+1)x3 summed-area table of an HxWx3 image: int32 for uint8 images, else float64.
-
-    The int32 table wraps around on images over 8.4 megapixels; differences of wrapped values are
-    still exact (modular arithmetic) because every region the cascade sums (one resampling bin times
-    at most one full image side) holds far less than 2**31 / 255 pixels. That keeps the table at
-    4 bytes per value on large images.
-    """
-    h, w, _ = rgb.shape
-    dtype = torch.int32 if integer else torch.float64
-    if h == 0 or w == 0:
-        return torch.zeros(h + 1, w + 1, 3, dtype=dtype, device=rgb.device)
-    if rgb.device.type != "cpu":
-        table = torch.zeros(h + 1, w + 1, 3, dtype=dtype, device=rgb.device)
-        table[1:, 1:] = rgb.to(dtype).cumsum(0, dtype=dtype).cumsum(1, dtype=dtype)
-        return table
-    source = rgb.numpy()
-    if not integer:
-        return torch.from_numpy(cv2.integral(source.astype(np.float32, copy=False), sdepth=cv2.CV_64F))
-    if h * w <= INT32_SAFE_PIXELS:
-        return torch.from_numpy(cv2.integral(source, sdepth=cv2.CV_32S))
-    table = np.zeros((h + 1, w + 1, 3), dtype=np.uint32)  # unsigned: wrap-around is well defined
-    np.cumsum(source, axis=0, dtype=np.uint32, out=table[1:, 1:])
-    np.cumsum(table[1:, 1:], axis=1, dtype=np.uint32, out=table[1:, 1:])
-    return torch.from_numpy(table.view(np.int32))
-
-
 def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
     """Scales of the image pyramid: the smallest face maps to 12 px, then each scale is ``factor`` smaller."""
     scale = 12.0 / min_face_size
@@ -330,37 +302,9 @@ def pyramid_scales(height: int, width: int, min_face_size: float, factor: float)
     return scales
 
 
-def _bin_edges(start: Tensor, length: Tensor, out: int) -> tuple[Tensor, Tensor]:
-    """First and one-past-last input index of ``out`` area bins over [start, start + length), per row: [N, out].
-
-    The bins of ``adaptive_avg_pool2d``: bin i covers [floor(i L / out), ceil((i + 1) L / out)).
-    """
-    i = torch.arange(out, device=length.device)
-    length, start = length[:, None], start[:, None]
-    return start + (i * length) // out, start + ((i + 1) * length + out - 1) // out
-
-
-def _normalise(sums: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """Area sums -> mean pixel (sum / rows / cols, the order adaptive pooling uses) -> network input scale."""
-    mean = sums.float() / rows.float() / cols.float()
-    return mean.sub_(PIXEL_MEAN).mul_(PIXEL_SCALE)
-
-
-def _take_difference(table: Tensor, high: np.ndarray | Tensor, low: np.ndarray | Tensor, dim: int) -> Tensor:
-    """``table[high] - table[low]`` along ``dim``: summed-area differences.
-
-    On the CPU this runs numpy's single-threaded ``take``, several times faster than ``index_select``
-    on inner dimensions (and unaffected by other processes competing for the intra-op threads).
-    """
-    if table.device.type == "cpu":
-        array = table.numpy()
-        high = high.numpy() if isinstance(high, Tensor) else high
-        low = low.numpy() if isinstance(low, Tensor) else low
-        out = np.take(array, high, axis=dim)
-        out -= np.take(array, low, axis=dim)
-        return torch.from_numpy(out)
-    high, low = (torch.as_tensor(i, device=table.device) for i in (high, low))
-    return table.index_select(dim, high) - table.index_select(dim, low)
+def _net_input(sums: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Area sums -> mean pixel -> the networks' input scale."""
+    return mean_pixels(sums, rows, cols).sub_(PIXEL_MEAN).mul_(PIXEL_SCALE)
 
 
 def _concat(parts: list[Candidates]) -> Candidates:
@@ -448,7 +392,7 @@ class FaceDetector:
             for i in order:
                 offsets[i] = start
                 start += (sizes[i][0] + 1) * (sizes[i][1] + 1)
-            tables = [_integral_image(rgbs[i].to(self.device), integer).view(-1, 3) for i in order]
+            tables = [integral_image(rgbs[i].to(self.device), integer).view(-1, 3) for i in order]
             if len(tables) == 1:
                 flat = tables[0]
             elif tables:
@@ -522,10 +466,10 @@ class FaceDetector:
             r1 = starts[i + 1] if i + 1 < len(starts) else out_rows
             in0, in1 = 2 * r0, (out_h if r1 == out_rows else 2 * r1 + 10)
             with self._clock(timer, "pyramid"):
-                rows = _take_difference(tables, y1[in0:in1], y0[in0:in1], dim=1)
-                sums = _take_difference(rows, x1, x0, dim=2)
+                rows = take_difference(tables, y1[in0:in1], y0[in0:in1], dim=1)
+                sums = take_difference(rows, x1, x0, dim=2)
                 del rows
-                level = _normalise(sums, row_count[in0:in1], col_count)
+                level = _net_input(sums, row_count[in0:in1], col_count)
                 del sums
             with self._clock(timer, "pnet"):
                 out = self._run("pnet", level.permute(0, 3, 1, 2))
@@ -593,20 +537,9 @@ class FaceDetector:
         return regions, valid
 
     def crop_resize(self, prep: PreparedImages, image_index: Tensor, regions: Tensor, size: int) -> Tensor:
-        """Area-resize each region to ``size x size`` in one gather: [N, 3, size, size] channels_last, net scale."""
-        widths = torch.tensor([w + 1 for _, w in prep.sizes], device=self.device)[image_index]
-        base = prep.offsets[image_index]
-        x0, y0, x1, y1 = regions.unbind(1)
-        ys0, ys1 = _bin_edges(y0, y1 - y0, size)
-        xs0, xs1 = _bin_edges(x0, x1 - x0, size)
-        row0 = (base[:, None] + ys0 * widths[:, None])[:, :, None]
-        row1 = (base[:, None] + ys1 * widths[:, None])[:, :, None]
-        col0, col1 = xs0[:, None, :], xs1[:, None, :]
-        high = torch.stack([row1 + col1, row0 + col0]).view(-1)  # corners added ...
-        low = torch.stack([row1 + col0, row0 + col1]).view(-1)  # ... and subtracted
-        pairs = _take_difference(prep.flat, high, low, dim=0).view(2, len(regions), size, size, 3)
-        sums = pairs[0] + pairs[1]
-        crops = _normalise(sums, (ys1 - ys0)[:, :, None, None], (xs1 - xs0)[:, None, :, None])
+        """Area-resize each region to ``size x size`` from the integral images: [N, 3, size, size] channels_last, net scale."""
+        sizes = torch.tensor(prep.sizes, device=self.device)[image_index]
+        crops = area_resize(prep.flat, prep.offsets[image_index], sizes, regions, size, _net_input)
         return crops.permute(0, 3, 1, 2)
 
     def _classify(self, prep: PreparedImages, cands: Candidates, name: str, timer: StageTimer | None) -> Candidates:

@@ -216,12 +216,12 @@ def test_cuda_matches_cpu(pretrained_mtcnn: Path, photos: dict) -> None:
 
 
 def test_integral_images_of_large_images_stay_exact_in_int32() -> None:
-    from models.detector import INT32_SAFE_PIXELS, _integral_image
+    from utils.area_resize import INT32_SAFE_PIXELS, integral_image
 
     rng = np.random.default_rng(0)
     image = rng.integers(200, 256, (2100, 4100, 3), dtype=np.uint8)  # 8.6 MP: the int32 table wraps around
     assert 2100 * 4100 > INT32_SAFE_PIXELS
-    table = _integral_image(torch.from_numpy(image), integer=True)
+    table = integral_image(torch.from_numpy(image))
     assert table.dtype == torch.int32
     for y0, x0, y1, x1 in [(0, 0, 2100, 300), (1500, 3000, 2100, 4100), (7, 11, 1900, 40)]:
         region = (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]).long()

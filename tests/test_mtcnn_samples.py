@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from config import MTCNNConfig
-from datasets.mtcnn_samples import (DetectionItem, IouRule, LandmarkItem, augment_batch, crop_resize,
-                                    detection_samples, encode_targets, generate_samples, integral_image, label_crops,
-                                    landmark_samples, mirror_geometry, select_faces, target_frame)
+from datasets.mtcnn_samples import (DetectionItem, IouRule, LandmarkItem, Mined, augment_batch, detection_samples,
+                                    encode_targets, generate_samples, label_crops, landmark_samples, mirror_geometry,
+                                    select_faces, target_frame)
 from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, BalancedBatchSampler, PackedSamples, batch_quota,
                              read_manifest)
 from datasets.wider import WiderAnnotation, read_wider_annotations, write_wider_annotations
 from models.detector import Candidates, FaceDetector
 from models.mtcnn import ONet, PNet, RNet
+from utils.area_resize import crop_resize, integral_image
 from utils.boxes import apply_box_regression, decode_landmarks
 from utils.errors import BadInputLog, DataError
 from utils.images import write_image
@@ -288,7 +289,7 @@ def test_mined_candidates_become_labelled_samples_with_targets_in_the_candidates
     def detect(images):
         assert len(images) == 1 and images[0].shape == image.shape
         regions = np.concatenate([np.floor(boxes[:, :2]) - 1, np.floor(boxes[:, 2:])], axis=1).astype(np.int64)
-        return [(boxes, regions)]
+        return [Mined(boxes, regions)]
 
     config = MTCNNConfig()
     stage = replace(config.rnet, negatives_per_image=0, negatives_near_face=0, crops_per_face=0)

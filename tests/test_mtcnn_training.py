@@ -38,7 +38,7 @@ TINY = ["runtime.workers=0", "detector.thresholds=0.5,0.5,0.5", "mtcnn.mining_th
         "mtcnn.jitter=0", "mtcnn.occlusion=0", "mtcnn.blur=0",  # augmentation slows the first hundred steps
         "mtcnn.pnet.epochs=5", "mtcnn.pnet.steps_per_epoch=40", "mtcnn.pnet.batch_size=256", "mtcnn.pnet.lr=0.01",
         "mtcnn.rnet.epochs=4", "mtcnn.rnet.steps_per_epoch=60", "mtcnn.rnet.batch_size=64", "mtcnn.rnet.lr=0.005",
-        "mtcnn.onet.epochs=4", "mtcnn.onet.steps_per_epoch=40", "mtcnn.onet.batch_size=32", "mtcnn.onet.lr=0.002",
+        "mtcnn.onet.epochs=4", "mtcnn.onet.steps_per_epoch=80", "mtcnn.onet.batch_size=32", "mtcnn.onet.lr=0.002",
         "mtcnn.pnet.warmup_steps=10", "mtcnn.rnet.warmup_steps=10", "mtcnn.onet.warmup_steps=5",
         "mtcnn.rnet.mined_negatives_per_image=20", "mtcnn.onet.mined_negatives_per_image=20"]
 
