@@ -5,16 +5,19 @@ Both sides do the same work on the same decoded images (decoding is timed once, 
 * stage-P samples: ours is ``datasets.mtcnn_samples.detection_samples`` (all crops of an image drawn,
   labelled with one ``box_iou`` call and cut out in one summed-area-table gather); the baseline draws
   one crop at a time, computes its IoU with NumPy, crops with slicing and resizes with ``cv2.resize``
-  (INTER_AREA gives the same area-averaged pixels as ours; INTER_LINEAR, what the public scripts use,
-  is cheaper but aliased, and is shown as well), retrying negatives until the quota is met, as the
-  public MTCNN data scripts do.
+  (INTER_AREA averages areas like ours, with fractional weights at the bin edges where ours, like
+  adaptive pooling, uses whole pixels: about one grey level apart on average, identical at integer
+  scales; INTER_LINEAR, what the public scripts use, is cheaper but aliased, and is shown as well),
+  retrying negatives until the quota is met, as the public MTCNN data scripts do.
 * stage-R/O mining: both run the same batched ``FaceDetector`` stages (same weights, thresholds and
-  batches); ours labels and crops every candidate of an image at once, the baseline loops over the
-  boxes (IoU, label, crop region, resize, targets), as the public scripts do. Reported end to end
-  (networks included) and for the per-box work alone, since the networks' time is common to both.
+  batches); ours labels every candidate of an image at once and crops the kept ones from the integral
+  image the cascade built (on its device), the baseline loops over the boxes (IoU, label, crop region,
+  resize, targets), as the public scripts do. Reported end to end (networks included) and for the
+  per-box work alone, since the networks' time is common to both.
 
     python bench/bench_mtcnn_data.py                       # WIDER subset (../shared/data) if present
     python bench/bench_mtcnn_data.py --images 40 --threads 1 --data /path/to/wider_root
+    python bench/bench_mtcnn_data.py --device cuda         # mining on the GPU (the loop still crops on the CPU)
 
 Timings on a shared machine are noisy; the table says which device and thread count produced them.
 """
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p = bench_stage_p(images, geometry, config.mtcnn, args.repeats)
     print("\n| stage-P samples (12 px) | crops | wall s | crops/s | CPU s | speed-up (wall) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, label in (("ours", "ours (vectorised)"), ("loop_area", "per-crop loop, cv2 INTER_AREA (same pixels)"),
+    for name, label in (("ours", "ours (vectorised)"), ("loop_area", "per-crop loop, cv2 INTER_AREA (area averages, like ours)"),
                         ("loop_linear", "per-crop loop, cv2 INTER_LINEAR (public scripts)")):
         crops, wall, cpu = p[name]
         speed = p[name][0] / wall
