@@ -36,8 +36,8 @@ from datasets.mtcnn_samples import (DetectFn, DetectionItem, LandmarkItem, Mined
                                     target_frame)
 from datasets.packed import BalancedBatchSampler, PackedSamples, batch_collate
 from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
-from models.detector import DetectorSettings, FaceDetector
-from models.mtcnn import NET_INPUT_SIZE, build_net
+from models.detector import STAGES, DetectorSettings, FaceDetector
+from models.mtcnn import NET_INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, build_net
 from models.weights import load_net
 from utils.area_resize import crop_resize, integral_image
 from utils.atomic import atomic_write_text
@@ -58,9 +58,7 @@ from utils.seed import seed_everything, worker_seed
 from utils.training import (Checkpointer, ResumableBatches, StepRunner, StopOnSignal, TrainingState, build_optimizer,
                             build_scheduler, check_finite, loader_generator, unwrap)
 
-STAGES = ("pnet", "rnet", "onet")
 SUBSETS = ("easy", "medium", "hard")
-PIXEL_MEAN, PIXEL_SCALE = 127.5, 1.0 / 128.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -295,9 +293,8 @@ def landmark_error(net: nn.Module, items: list[LandmarkItem], device: torch.devi
             truth.append(item.landmarks)
         if not crops:
             continue
-        x = torch.from_numpy(np.stack(crops)).to(device).permute(0, 3, 1, 2).float()
         with torch.no_grad():
-            out = net((x - PIXEL_MEAN) * PIXEL_SCALE)
+            out = net(to_net_input(torch.from_numpy(np.stack(crops)), device))
         frame, inclusive = target_frame(np.stack(frames), size)
         points = decode_landmarks(frame, out.landmarks.reshape(len(crops), 10).double().cpu(), inclusive=inclusive)
         errors.append(landmark_nme(points.numpy(), np.stack(truth)))

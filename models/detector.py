@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, NetOutput
+from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_SCALE, NetOutput
 from models.weights import WHEEL_SOURCE, load_net
 from utils.area_resize import area_resize, integral_image, mean_pixels, take_difference
 from utils.boxes import apply_box_regression, decode_landmarks, nms, square_boxes
@@ -54,7 +54,6 @@ from utils.images import pil_to_rgb
 STAGES = ("pnet", "rnet", "onet")
 BACKENDS = ("torch", "onnx")  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
 CHANNEL_ORDERS = ("rgb", "bgr")
-PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the networks' input scaling: (x - 127.5) / 128
 
 
 @dataclass

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 NET_NAMES = ("pnet", "rnet", "onet")
 NET_INPUT_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
+PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the networks' input scaling: (x - 127.5) / 128
 
 
 class NetOutput(NamedTuple):
