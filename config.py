@@ -411,6 +411,11 @@ class Config:
         raw = getattr(self.paths, name)
         return Path(raw.format(data_root=self.paths.data_root, runs_dir=self.paths.runs_dir))
 
+    def facenet_path(self, name: str) -> Path:
+        """The path ``facenet.<name>`` with ``{data_root}``, ``{runs_dir}`` and ``{aligned}`` expanded."""
+        raw = getattr(self.facenet, name)
+        return Path(raw.format(data_root=self.paths.data_root, runs_dir=self.paths.runs_dir, aligned=self.path("aligned")))
+
 
 def load_config(config_file: str | Path | None = None, set_items: list[str] | None = None) -> Config:
     """Defaults, then the override file, then ``--set`` items; every key and value validated."""

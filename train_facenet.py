@@ -24,22 +24,18 @@ import itertools
 import json
 import math
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
 from config import Config, FaceNetConfig
-from datasets.identity import IdentityFolder
-from datasets.lfw import check_pairs_images, lfw_image_path, read_pairs
+from datasets.decoding import keep_batch
+from datasets.face_crops import FaceCrops, PairsSet, augment, load_pairs_set, load_training_crops, training_side
 from datasets.samplers import PKBatchSampler
 from models.embedder import Embedder
 from models.inception_resnet_v1 import load_facenet_weights
@@ -50,7 +46,6 @@ from utils.cli import add_config_args, config_from_args, run
 from utils.config_io import config_to_dict, save_config
 from utils.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from utils.errors import BadInputLog, ConfigError, DataError
-from utils.images import read_image
 from utils.logger import RunLogger
 from utils.metrics import VerificationResult, pair_scores, verification_metrics
 from utils.plots import plot_loss_curves, plot_roc, plot_score_histograms
@@ -90,225 +85,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="skip batches whose loss is NaN/inf instead of stopping")
     add_config_args(parser)
     return parser
-
-
-def expand(config: Config, raw: str) -> Path:
-    """A facenet path with ``{data_root}``, ``{runs_dir}`` and ``{aligned}`` expanded."""
-    return Path(raw.format(data_root=config.paths.data_root, runs_dir=config.paths.runs_dir,
-                           aligned=config.path("aligned")))
-
-
-# --- data -----------------------------------------------------------------------------------------------------
-
-
-def load_crop(path: str | Path, side: int) -> np.ndarray:
-    """An aligned crop as ``side`` x ``side`` uint8 RGB: its centre square, resized (area averaging when shrinking)."""
-    image = read_image(path)
-    height, width = image.shape[:2]
-    if height != width:
-        s = min(height, width)
-        image = image[(height - s) // 2:(height - s) // 2 + s, (width - s) // 2:(width - s) // 2 + s]
-    if image.shape[0] != side:
-        shrink = image.shape[0] > side
-        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return np.ascontiguousarray(image)
-
-
-class _Decode(Dataset):
-    """Decode crops in DataLoader workers; unreadable files come back as their error text."""
-
-    def __init__(self, paths: list[Path], side: int) -> None:
-        self.paths, self.side = paths, side
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
-        try:
-            return index, load_crop(self.paths[index], self.side), None
-        except DataError as error:
-            return index, None, error.reason
-
-
-def _passthrough(batch: Any) -> Any:
-    return batch
-
-
-@dataclass
-class CropBatch:
-    """A batch of uint8 crops [B, 3, S, S], identity labels [B], which rows decoded, and the errors of the others."""
-
-    images: Tensor
-    labels: Tensor
-    valid: Tensor
-    errors: list[tuple[str, str]]
-
-    def pin_memory(self) -> "CropBatch":
-        """Pinned copies (DataLoader calls this with pin_memory=True)."""
-        return CropBatch(self.images.pin_memory(), self.labels.pin_memory(), self.valid, self.errors)
-
-
-class FaceCrops(Dataset):
-    """Aligned crops as ``side`` x ``side`` uint8 tensors with integer labels; ``dataset[indices]`` gives a CropBatch.
-
-    ``preload`` decodes every crop once (in ``workers`` processes) into one tensor, dropping unreadable files
-    (reported to ``log``): the fast path for sets that fit in memory. Otherwise crops are read per batch (in
-    DataLoader workers) and an unreadable one is flagged in the batch, reported and left out of that step.
-    """
-
-    def __init__(self, paths: list[Path], labels: list[int] | np.ndarray, side: int, *, preload: bool = True,
-                 workers: int = 0, log: BadInputLog | None = None, progress: bool = False, desc: str = "crops") -> None:
-        self.paths = list(paths)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.side = side
-        self.images: Tensor | None = None
-        if preload:
-            self._preload(workers, log if log is not None else BadInputLog(), progress, desc)
-
-    def _preload(self, workers: int, log: BadInputLog, progress: bool, desc: str) -> None:
-        store = torch.empty(len(self.paths), 3, self.side, self.side, dtype=torch.uint8)
-        ok = np.ones(len(self.paths), dtype=bool)
-        loader = DataLoader(_Decode(self.paths, self.side), batch_size=64, num_workers=workers, collate_fn=_passthrough)
-        with tqdm(total=len(self.paths), desc=f"loading {desc}", unit="img", disable=not progress, leave=False) as bar:
-            for items in loader:
-                for index, image, error in items:
-                    if image is None:
-                        log.report(DataError(self.paths[index], error))
-                        ok[index] = False
-                    else:
-                        store[index] = torch.from_numpy(image).permute(2, 0, 1)
-                bar.update(len(items))
-        keep = np.flatnonzero(ok)
-        self.images = store if ok.all() else store[torch.from_numpy(keep)]
-        self.paths = [self.paths[i] for i in keep]
-        self.labels = self.labels[keep]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitems__(self, indices: list[int]) -> CropBatch:
-        labels = torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])
-        if self.images is not None:
-            images = self.images[torch.as_tensor(indices, dtype=torch.long)]
-            return CropBatch(images, labels, torch.ones(len(indices), dtype=torch.bool), [])
-        images = torch.zeros(len(indices), 3, self.side, self.side, dtype=torch.uint8)
-        valid = torch.ones(len(indices), dtype=torch.bool)
-        errors = []
-        for row, index in enumerate(indices):
-            try:
-                images[row] = torch.from_numpy(load_crop(self.paths[index], self.side)).permute(2, 0, 1)
-            except DataError as error:
-                valid[row] = False
-                errors.append((error.path, error.reason))
-        return CropBatch(images, labels, valid, errors)
-
-    def __getitem__(self, index: int) -> CropBatch:
-        return self.__getitems__([index])
-
-
-def training_side(config: Config) -> int:
-    """Side the training crops are scaled to: ``align.train_size`` at the scale that maps eval_size to input_size."""
-    return max(config.facenet.input_size, round(config.align.train_size * config.facenet.input_size / config.align.eval_size))
-
-
-def load_training_crops(config: Config, root: Path, workers: int, log: BadInputLog, progress: bool) -> tuple[FaceCrops, list[str]]:
-    """The identity folders of training crops (every identity kept here; the sampler decides who trains)."""
-    folder = IdentityFolder(root)
-    paths = [path for path, _ in folder.samples]
-    crops = FaceCrops(paths, folder.targets, training_side(config), preload=config.facenet.preload, workers=workers,
-                      log=log, progress=progress, desc="training crops")
-    return crops, folder.classes
-
-
-def augment(images: Tensor, size: int, random_crop: bool = True, flip: bool = True, jitter: float = 0.0) -> Tensor:
-    """uint8 crops [B, 3, S, S] -> float 0..255 [B, 3, size, size]: random (else centre) crop, random horizontal
-    flip and brightness/contrast/saturation jitter of strength ``jitter``, all drawn per image, batched on the device."""
-    batch, _, side, _ = images.shape
-    device = images.device
-    if side < size:
-        raise ValueError(f"crops of {side} px cannot give {size} px inputs")
-    if side == size:
-        x = images.float()
-    elif random_crop:
-        offsets = torch.randint(0, side - size + 1, (batch, 2), device=device)
-        steps = torch.arange(size, device=device)
-        rows = (offsets[:, 0, None] + steps)[:, :, None]
-        cols = (offsets[:, 1, None] + steps)[:, None, :]
-        x = images[torch.arange(batch, device=device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).float()
-    else:
-        start = (side - size) // 2
-        x = images[:, :, start:start + size, start:start + size].float()
-    if flip:
-        mirrored = torch.rand(batch, device=device) < 0.5
-        x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
-    if jitter > 0:
-        factors = 1.0 + (torch.rand(batch, 3, device=device) * 2.0 - 1.0) * jitter
-        brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
-        x = x * brightness
-        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        x = grey + (x - grey) * saturation
-        x = grey.mean(dim=(2, 3), keepdim=True) + (x - grey.mean(dim=(2, 3), keepdim=True)) * contrast
-        x = x.clamp(0.0, 255.0)
-    return x.contiguous()
-
-
-# --- validation -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PairsSet:
-    """A pairs file resolved to its images: every image once (with its identity label), pair rows into them,
-    same/different flags, fold id per pair (file order), and how many pairs were dropped for missing images."""
-
-    crops: FaceCrops
-    first: np.ndarray
-    second: np.ndarray
-    same: np.ndarray
-    folds: np.ndarray
-    num_folds: int
-    dropped: int
-    path: Path
-    missing_images: list[str]
-
-    def describe(self) -> str:
-        """One line: the file, pairs used, folds, and what was left out."""
-        text = f"{self.path} ({len(self.same)} pairs in {self.num_folds} folds"
-        if self.dropped:
-            text += (f"; {self.dropped} pairs left out, {len(self.missing_images)} of their images have no aligned "
-                     f"crop, e.g. {self.missing_images[0] if self.missing_images else 'unreadable files'}")
-        return text + ")"
-
-
-def load_pairs_set(pairs_file: Path, images_root: Path, side: int, log: BadInputLog, workers: int = 0,
-                   progress: bool = False) -> PairsSet:
-    """Read an LFW pairs file and its aligned images (resized to ``side``); pairs with a missing image (the
-    aligner found no face there) are left out and counted (with a strict ``log``: an error), pairs with an
-    unreadable image are left out and reported through ``log``."""
-    parsed = read_pairs(pairs_file)
-    missing = BadInputLog(strict=log.strict)
-    kept: list[tuple[int, Any]] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # expected after alignment; summarised in one line by the caller
-        for number, fold in enumerate(parsed.folds):
-            kept += [(number, pair) for pair in check_pairs_images(fold, images_root, log=missing)]
-    files = sorted({(name, index) for _, pair in kept
-                    for name, index in ((pair.name_a, pair.index_a), (pair.name_b, pair.index_b))})
-    names = sorted({name for name, _ in files})
-    crops = FaceCrops([lfw_image_path(images_root, n, i) for n, i in files], [names.index(n) for n, _ in files], side,
-                      preload=True, workers=workers, log=log, progress=progress, desc="validation crops")
-    row = {(Path(p).parent.name, int(Path(p).stem.rsplit("_", 1)[1])): r for r, p in enumerate(crops.paths)}
-    usable = [(fold, pair) for fold, pair in kept
-              if (pair.name_a, pair.index_a) in row and (pair.name_b, pair.index_b) in row]
-    if not usable:
-        raise DataError(pairs_file, f"no pair has both images under {images_root} (align the set first: "
-                                    "prepare_training_data.py --align)")
-    return PairsSet(crops,
-                    np.array([row[(p.name_a, p.index_a)] for _, p in usable]),
-                    np.array([row[(p.name_b, p.index_b)] for _, p in usable]),
-                    np.array([p.same for _, p in usable]),
-                    np.array([fold for fold, _ in usable]),
-                    parsed.num_folds, len(parsed.pairs) - len(usable), pairs_file,
-                    sorted({problem.path for problem in missing.problems}))
 
 
 def embed_crops(model: Embedder, crops: FaceCrops, device: torch.device, batch_size: int, flip: bool) -> Tensor:
@@ -502,8 +278,8 @@ def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: t
     cfg = config.facenet
     weights = Path(args.weights) if args.weights else run_dir / "best.pt"
     model = load_embedder(weights, device)
-    pairs_file = Path(args.pairs) if args.pairs else expand(config, cfg.val_pairs)
-    images = Path(args.images) if args.images else expand(config, cfg.val_images)
+    pairs_file = Path(args.pairs) if args.pairs else config.facenet_path("val_pairs")
+    images = Path(args.images) if args.images else config.facenet_path("val_images")
     pairs = load_pairs_set(pairs_file, images, model.input_size, log, workers, progress=True)
     flip = args.flip or cfg.val_flip
     result, _, scores = evaluate(model, pairs, device, cfg, None, flip)
@@ -550,19 +326,19 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     if dist.is_main:
         save_config(config, run_dir / "config.json")
 
-    crops, classes = load_training_crops(config, expand(config, cfg.train_images), workers, log, dist.is_main)
+    crops, classes = load_training_crops(config, config.facenet_path("train_images"), workers, log, dist.is_main)
     sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=config.runtime.seed,
                              small_identities=cfg.small_identities, batches_per_epoch=cfg.batches_per_epoch or None,
                              num_replicas=dist.world_size, rank=dist.rank)
     batches = ResumableBatches(sampler)
     # The loader's own generator: creating an iterator then leaves the global RNG (augmentation) untouched,
     # so a run resumed in the middle of an epoch draws the same numbers as an unbroken one.
-    loader = DataLoader(crops, batch_sampler=batches, collate_fn=_passthrough, pin_memory=dist.device.type == "cuda",
+    loader = DataLoader(crops, batch_sampler=batches, collate_fn=keep_batch, pin_memory=dist.device.type == "cuda",
                         num_workers=0 if cfg.preload else workers, persistent_workers=not cfg.preload and workers > 0,
                         generator=loader_generator(config.runtime.seed + dist.rank))
     pairs = None
     if dist.is_main:
-        pairs = load_pairs_set(expand(config, cfg.val_pairs), expand(config, cfg.val_images), cfg.input_size, log,
+        pairs = load_pairs_set(config.facenet_path("val_pairs"), config.facenet_path("val_images"), cfg.input_size, log,
                                workers, progress=True)
 
     model: nn.Module = build_model(cfg).to(dist.device)

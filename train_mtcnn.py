@@ -34,7 +34,8 @@ from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.mtcnn_samples import (DetectFn, DetectionItem, LandmarkItem, Mined, augment_batch, generate_samples,
                                     target_frame)
-from datasets.packed import BalancedBatchSampler, PackedSamples, batch_collate
+from datasets.decoding import decoded_batches, keep_batch
+from datasets.packed import BalancedBatchSampler, PackedSamples
 from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
 from models.detector import STAGES, DetectorSettings, FaceDetector
 from models.mtcnn import NET_INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, build_net
@@ -244,26 +245,9 @@ def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: s
     return per_image
 
 
-class _Images(torch.utils.data.Dataset):
-    """Decode image files in DataLoader workers; unreadable ones come back as their error text."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
-        try:
-            return index, read_image(self.paths[index]), None
-        except DataError as error:
-            return index, None, error.reason
-
-
 def _image_batches(paths: list[str], batch: int, workers: int, log: BadInputLog):
     """Yield lists of (index, image) in order, decoded in ``workers`` processes; bad files go to ``log``."""
-    loader = DataLoader(_Images(paths), batch_size=max(1, batch), num_workers=workers, collate_fn=batch_collate)
-    for items in loader:
+    for items in decoded_batches(paths, batch, workers):
         good = []
         for index, image, error in items:
             if image is None:
@@ -514,7 +498,7 @@ def build_model(stage: str, cfg: MTCNNStageConfig, pretrained: str | None) -> nn
 
 
 def _loader(store: PackedSamples, sampler: ResumableBatches, workers: int, device: torch.device, seed: int) -> DataLoader:
-    return DataLoader(store, batch_sampler=sampler, num_workers=workers, collate_fn=batch_collate,
+    return DataLoader(store, batch_sampler=sampler, num_workers=workers, collate_fn=keep_batch,
                       pin_memory=device.type == "cuda", worker_init_fn=worker_seed,
                       persistent_workers=workers > 0, generator=loader_generator(seed))
 

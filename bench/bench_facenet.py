@@ -41,8 +41,9 @@ from datasets.identity import IdentityFolder  # noqa: E402
 from datasets.samplers import PKBatchSampler  # noqa: E402
 from datasets.synthetic_eval import eigenfaces_verification  # noqa: E402
 from models.system import load_embedder  # noqa: E402
-from train_facenet import (FaceCrops, _passthrough, build_model, evaluate, expand, load_pairs_set,  # noqa: E402
-                           load_training_crops, train_one_epoch, training_side)
+from datasets.decoding import keep_batch  # noqa: E402
+from datasets.face_crops import FaceCrops, load_pairs_set, load_training_crops, training_side  # noqa: E402
+from train_facenet import build_model, evaluate, train_one_epoch  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import add_config_args, config_from_args, run  # noqa: E402
 from utils.device import select_device  # noqa: E402
@@ -97,7 +98,7 @@ def _backbone_config(config: Config, backbone: str, identities: int = 0) -> Conf
 
 def _training_data(config: Config, log: BadInputLog) -> tuple[FaceCrops, str]:
     """The configured training crops, or random crops of the same side when there are none."""
-    root = expand(config, config.facenet.train_images)
+    root = config.facenet_path("train_images")
     if root.is_dir():
         crops, _ = load_training_crops(config, root, 0, log, progress=False)
         return crops, str(root)
@@ -154,7 +155,7 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
     loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
     sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=0,
                              batches_per_epoch=count, num_replicas=1, rank=0)
-    loader = DataLoader(crops, batch_sampler=sampler, collate_fn=_passthrough, pin_memory=device.type == "cuda")
+    loader = DataLoader(crops, batch_sampler=sampler, collate_fn=keep_batch, pin_memory=device.type == "cuda")
     logger = RunLogger(Path("."), enabled=False)
     batch = cfg.identities_per_batch * cfg.images_per_identity
     loop_rates, bare_rates = [], []
@@ -204,8 +205,8 @@ def _centre_box(side: int, config: Config) -> np.ndarray:
 def compare(config: Config, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """Each embedder and Eigenfaces on the same pairs: accuracy +- std over the file's folds, AUC, VAL@FAR, EER."""
     cfg = config.facenet
-    pairs_file = Path(args.pairs) if args.pairs else expand(config, cfg.val_pairs)
-    images = Path(args.pair_images) if args.pair_images else expand(config, cfg.val_images)
+    pairs_file = Path(args.pairs) if args.pairs else config.facenet_path("val_pairs")
+    images = Path(args.pair_images) if args.pair_images else config.facenet_path("val_images")
     log = BadInputLog(strict=config.runtime.strict)
     rows = []
     for weights in args.weights:
@@ -216,7 +217,7 @@ def compare(config: Config, args: argparse.Namespace, device: torch.device) -> l
     pairs = load_pairs_set(pairs_file, images, 32, log)
     paths = pairs.crops.paths
     pair_rows = [(paths[a], None, paths[b], None) for a, b in zip(pairs.first, pairs.second)]
-    folder = IdentityFolder(Path(args.pca_train) if args.pca_train else expand(config, cfg.train_images))
+    folder = IdentityFolder(Path(args.pca_train) if args.pca_train else config.facenet_path("train_images"))
     train = [(path, _centre_box(config.align.train_size, config)) for path, _ in folder.samples]
     folds = pairs.folds if len(np.unique(pairs.folds)) >= 2 else 10
     result = eigenfaces_verification(train, pair_rows, pairs.same, folds, size=(32, 32))

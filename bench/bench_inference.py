@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from bench_facenet import _Clock, _table  # noqa: E402  (this folder's shared timing and table helpers)
 from models.onnx_nets import ONNX_FILES, load_onnx_embedder, read_sidecar, require  # noqa: E402
 from models.system import read_embedder  # noqa: E402
-from train_facenet import PairsSet, evaluate, expand, load_pairs_set  # noqa: E402
+from datasets.face_crops import PairsSet, load_pairs_set  # noqa: E402
+from train_facenet import evaluate  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import add_config_args, config_from_args, run  # noqa: E402
 from utils.errors import BadInputLog, DataError  # noqa: E402
@@ -82,7 +83,7 @@ def export_here(config: Any, checkpoint: Path, folder: Path, pairs: PairsSet, ar
     model, arch = load_embedder_for_export(checkpoint)
     faces = pairs.crops.images[:64]
     export_embedder(model, arch, checkpoint, folder, faces, threads=args.threads)
-    root = expand(config, config.facenet.train_images)
+    root = config.facenet_path("train_images")
     calibration = calibration_faces(config, root, args.calibration_count, model.input_size, config.runtime.seed)
     export_embedder_int8(model, checkpoint, folder, calibration, faces, args.calibration_method,
                          calibration_source=str(root), threads=args.threads)
@@ -104,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
     checkpoint = Path(args.embedder) if args.embedder else config.path("embedder")
     cpu = torch.device("cpu")
     torch_model, _ = read_embedder(checkpoint, cpu)
-    pairs = load_pairs_set(expand(config, config.facenet.val_pairs), expand(config, config.facenet.val_images),
+    pairs = load_pairs_set(config.facenet_path("val_pairs"), config.facenet_path("val_images"),
                            torch_model.input_size, BadInputLog(strict=config.runtime.strict))
     assert pairs.crops.images is not None  # load_pairs_set preloads
     with tempfile.TemporaryDirectory(prefix="bench_inference.") as tmp:

@@ -22,14 +22,15 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datasets.decoding import decoded_batches
 from datasets.identity import IdentityFolder
 from datasets.lfw import Pair, write_pairs
 from datasets.recordio import FaceRecordSet
@@ -164,28 +165,11 @@ def read_progress(path: Path) -> dict[str, tuple[str, int]]:
     return done
 
 
-class _PhotoImages(Dataset):
-    """Decodes photos in DataLoader workers; an unreadable one comes back as its error text."""
-
-    def __init__(self, photos: Sequence[Photo], records: FaceRecordSet | None) -> None:
-        self.photos = photos
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
-        photo = self.photos[index]
-        try:
-            if photo.key is not None and self.records is not None:
-                return index, self.records.image(photo.key), None
-            return index, read_image(photo.source), None
-        except DataError as error:
-            return index, None, error.reason
-
-
-def _as_list(batch: list) -> list:
-    return batch
+def _load_photo(photo: Photo, records: FaceRecordSet | None) -> np.ndarray:
+    """A photo's pixels: from its record file when it has a key there, else from its image file."""
+    if photo.key is not None and records is not None:
+        return records.image(photo.key)
+    return read_image(photo.source)
 
 
 def align_photos(photos: Sequence[Photo], targets: Sequence[CropTarget], detector: FaceDetector, progress_file: Path,
@@ -211,8 +195,7 @@ def align_photos(photos: Sequence[Photo], targets: Sequence[CropTarget], detecto
         else:
             todo.append(photo)
     progress_file.parent.mkdir(parents=True, exist_ok=True)
-    loader = DataLoader(_PhotoImages(todo, records), batch_size=max(1, batch_images), num_workers=workers,
-                        collate_fn=_as_list)
+    loader = decoded_batches(todo, batch_images, workers, load=partial(_load_photo, records=records))
     with open(progress_file, "a", encoding="utf-8") as journal, \
             tqdm(total=len(todo), desc=f"align {report.source}", unit="photo", disable=not show_progress) as bar:
         for batch in loader:

@@ -35,6 +35,7 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 from config import MTCNNConfig, MTCNNStageConfig
+from datasets.decoding import decoded_batches, keep_batch
 from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, concat_samples, count_kinds,
                              read_manifest, shard_is_complete, write_manifest, write_shard)
 from utils.area_resize import crop_resize, integral_image
@@ -482,10 +483,6 @@ def _box_inside(box: np.ndarray, width: int, height: int) -> bool:
     return x2 > x1 and y2 > y1 and x1 >= -1 and y1 >= -1 and x2 <= width + 1 and y2 <= height + 1
 
 
-def _identity(batch: Any) -> Any:
-    return batch
-
-
 def _item_seed(seed: int, kind: int, index: int) -> int:
     """A per-item seed independent of worker count and order (so reruns and resumes draw the same crops)."""
     return int(np.random.SeedSequence([seed, kind, index]).generate_state(1)[0])
@@ -574,7 +571,7 @@ def generate_samples(store: str | Path, size: int, detection_items: Sequence[Det
                disable=not progress, dynamic_ncols=True, leave=False)
     if crop_tasks:
         loader = DataLoader(_TaskRunner(crop_tasks, store, size, config, stage), batch_size=None,
-                            num_workers=min(workers, len(crop_tasks)), collate_fn=_identity)
+                            num_workers=min(workers, len(crop_tasks)), collate_fn=keep_batch)
         sizes = {t.name: len(t.items) for t in crop_tasks}
         for marker in loader:
             _add_marker(summary, marker, log)
@@ -587,28 +584,11 @@ def generate_samples(store: str | Path, size: int, detection_items: Sequence[Det
     return summary
 
 
-class _ImageReader(Dataset):
-    """Decodes the images of a task in DataLoader workers; an unreadable image becomes its error text."""
-
-    def __init__(self, items: Sequence[DetectionItem]) -> None:
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
-        try:
-            return index, read_image(self.items[index].image_path), None
-        except DataError as error:
-            return index, None, error.reason
-
-
 def _mine_task(task: SampleTask, store: Path, size: int, config: MTCNNConfig, stage: MTCNNStageConfig,
                detect: DetectFn, workers: int, bar: Any) -> dict[str, Any]:
     """Stages R/O, one shard: run the earlier stages on the task's images in batches, label and crop."""
     rule = IouRule.from_config(config)
-    loader = DataLoader(_ImageReader(task.items), batch_size=max(1, config.mining_batch_images),
-                        num_workers=min(workers, 2), collate_fn=_identity)
+    loader = decoded_batches([item.image_path for item in task.items], config.mining_batch_images, min(workers, 2))
     parts, tally = [], _Tally()
     for batch in loader:
         readable = []

@@ -173,11 +173,6 @@ class PackedSamples(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-def batch_collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DataLoader ``collate_fn`` for ``PackedSamples``: the batch is already gathered whole."""
-    return batch
-
-
 def batch_quota(batch_size: int, ratio: Sequence[float], available: Sequence[int]) -> np.ndarray:
     """Samples per type in one batch, proportional to ``ratio`` over the types present (largest remainders)."""
     weights = np.array([r if n > 0 else 0.0 for r, n in zip(ratio, available)], dtype=np.float64)

@@ -17,10 +17,10 @@ import torch
 
 import train_facenet
 from datasets.align_dataset import framing_margins
+from datasets.face_crops import FaceCrops, augment, load_pairs_set
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
 from models.system import load_embedder
-from train_facenet import FaceCrops, augment, load_pairs_set
 from utils.align import align_faces
 from utils.cli import run
 from utils.errors import BadInputLog

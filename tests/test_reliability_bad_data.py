@@ -21,11 +21,11 @@ import test_system
 import train_facenet
 import train_matching
 import train_mtcnn
-from datasets.lfw import Pair, write_pairs
 from config import load_config
+from datasets.face_crops import load_training_crops
+from datasets.lfw import Pair, write_pairs
 from datasets.synthetic import generate_synthetic_set
 from tests.test_reliability_resume import MTCNN_SPEC, write_identity_crops
-from train_facenet import load_training_crops
 from utils.cli import run
 from utils.errors import BadInputLog
 from utils.images import read_image
@@ -335,8 +335,7 @@ def test_facenet_skips_bad_crops_and_pairs_with_missing_images(mixed_root: dict,
     config = load_config(None, [f"paths.data_root={mixed_root['root']}", *FACENET])
     log = BadInputLog()
     with pytest.warns(UserWarning, match="skipped"):
-        crops, classes = load_training_crops(config, train_facenet.expand(config, config.facenet.train_images), 0, log,
-                                             False)
+        crops, classes = load_training_crops(config, config.facenet_path("train_images"), 0, log, False)
     assert len(crops) == 12 * 5 + 5 + len(ODD_VALID), "every valid crop is read, grey, 16-bit and CMYK ones too"
     assert "José María 000" in classes
 

@@ -336,7 +336,7 @@ def calibration_faces(config: Any, root: Path, count: int, input_size: int, seed
     """``count`` aligned training crops from the identity folders under ``root`` (drawn evenly at random), cut as
     training's validation crops are (centre of the train_size framing, at ``input_size``): float 0..255."""
     from datasets.identity import IdentityFolder
-    from train_facenet import FaceCrops, augment, training_side
+    from datasets.face_crops import FaceCrops, augment, training_side
 
     folder = IdentityFolder(root)
     rng = np.random.default_rng(seed)
@@ -525,9 +525,7 @@ def main(args: argparse.Namespace) -> int:
         meta = export_embedder(model, arch, checkpoint, out_dir, faces, args.tolerance, args.opset, args.threads)
         print(_format_check(meta))
         if args.int8:
-            from train_facenet import expand
-
-            root = Path(args.calibration) if args.calibration else expand(config, config.facenet.train_images)
+            root = Path(args.calibration) if args.calibration else config.facenet_path("train_images")
             calibration = calibration_faces(config, root, args.calibration_count, model.input_size, config.runtime.seed)
             meta = export_embedder_int8(model, checkpoint, out_dir, calibration, faces, args.calibration_method,
                                         args.int8_min_cosine, str(root), args.threads)
