@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader
 
 from config import Config, MTCNNConfig, MTCNNStageConfig
 from datasets.celeba import read_celeba_landmark_annotations
+from datasets.decoding import decoded_batches, keep_batch
 from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.mtcnn_samples import (DetectFn, DetectionItem, LandmarkItem, Mined, augment_batch, generate_samples,
                                     target_frame)
-from datasets.decoding import decoded_batches, keep_batch
 from datasets.packed import BalancedBatchSampler, PackedSamples
 from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
 from models.detector import STAGES, DetectorSettings, FaceDetector
