@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.synthetic import SyntheticSpec
+from models.embedder import STANDARDIZATIONS
+from models.matcher import GALLERY_SCORINGS
 from utils.config_io import apply_overrides, parse_set_options, read_override_file
 from utils.errors import ConfigError
 
@@ -170,7 +172,7 @@ class MatchingConfig:
 
     def validate(self) -> None:
         choices = {"method": ("threshold", "classifier", "both"), "metric": ("cosine", "euclidean"),
-                   "gallery_scoring": ("best", "template"),
+                   "gallery_scoring": GALLERY_SCORINGS,
                    "classifier": ("logistic", "linear_svm"), "calibration": ("sigmoid", "isotonic")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -368,8 +370,9 @@ class FaceNetConfig:
     def validate(self) -> None:
         if self.backbone not in ("mobilefacenet", "inception_resnet_v1"):
             raise ConfigError(f"config key 'facenet.backbone': {self.backbone!r} is not mobilefacenet or inception_resnet_v1")
-        if self.standardization not in ("fixed", "per_image"):
-            raise ConfigError(f"config key 'facenet.standardization': {self.standardization!r} is not fixed or per_image")
+        if self.standardization not in STANDARDIZATIONS:
+            raise ConfigError(f"config key 'facenet.standardization': {self.standardization!r} is not one of "
+                              f"{', '.join(STANDARDIZATIONS)}")
         if self.pretrained and self.standardization != "fixed":
             raise ConfigError("config key 'facenet.standardization': published FaceNet weights expect 'fixed'")
         if self.mining not in ("semi_hard", "batch_hard", "batch_all"):
