@@ -52,7 +52,7 @@ class PathsConfig:
     embedder: str = "{runs_dir}/facenet/best.pt"
     matcher: str = "{runs_dir}/facenet/matcher.json"
     gallery: str = "{runs_dir}/system/gallery.pt"
-    # Exported ONNX models (python -m utils.export): pnet/rnet/onet.onnx, embedder.onnx, embedder_int8.onnx + JSON sidecars.
+    # Exported ONNX models (python -m deploy.export): pnet/rnet/onet.onnx, embedder.onnx, embedder_int8.onnx + JSON sidecars.
     onnx: str = "{runs_dir}/onnx"
 
 
@@ -127,7 +127,7 @@ class SystemConfig:
     # same way, so the thresholds it calibrates hold for the embeddings the system compares.
     flip: bool = True
     # How the embedder runs: torch (paths.embedder) | torch_fp16 (half precision on CUDA; fp32 on the CPU) |
-    # onnx | onnx_int8 (paths.onnx embedder.onnx / embedder_int8.onnx on ONNX Runtime; python -m utils.export).
+    # onnx | onnx_int8 (paths.onnx embedder.onnx / embedder_int8.onnx on ONNX Runtime; python -m deploy.export).
     embedder_backend: str = "torch"
 
     def validate(self) -> None:

@@ -12,13 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from config import Config
+from config import Config, load_config
 from datasets.align_dataset import ALIGN_DATASETS, align_dataset
 from datasets.sources import SOURCES, fetch_source, missing_paths
 from datasets.synthetic import generate_synthetic_set
 from datasets.verify import DatasetReport, format_table, verify_identities, verify_landmarks, verify_pairs, verify_wider
-from utils.cli import add_config_args, config_from_args, run
 from utils.atomic import atomic_write_text
+from utils.cli import add_config_args, config_from_args, run
 from utils.config_io import save_config
 from utils.errors import DataError
 
@@ -112,7 +112,7 @@ def verify_all(config: Config, names: list[str], deep: bool) -> list[DatasetRepo
 
 
 def main(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     if args.align:
         align_dataset(args.align, config, args.align_src, args.align_dst, workers=config.runtime.workers)
         return 0

@@ -32,16 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from config import Config
+from config import Config, load_config
 from datasets.identity import IdentityFolder
 from datasets.landmarks import read_landmark_list
 from datasets.lfw import check_pairs_images, lfw_image_path, read_pairs
+from models.gallery import Gallery
 from models.matcher import balanced_pairs, matcher_summary
 from models.system import FaceRecognitionSystem, ImageResult
+from training.mtcnn.evaluation import DetectionEvaluator
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
-from utils.detection_eval import DetectionEvaluator
-from utils.gallery import Gallery
 from utils.seed import seed_everything
 
 
@@ -293,7 +293,7 @@ def resolve_test_data(args: argparse.Namespace, config: Config) -> tuple[Path | 
 def main(args: argparse.Namespace) -> int:
     """Build the system, enrol, verify, identify, report; 1 when a floor is missed."""
     apply_model_flags(args)
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     seed_everything(config.runtime.seed)
     floors = config.system
     gallery_path = config.path("gallery")

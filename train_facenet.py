@@ -10,7 +10,7 @@
 Batches hold P identities x K images (``facenet.identities_per_batch`` x ``images_per_identity``); the
 training crops (``align.train_size``, 182 px) are scaled by ``input_size / align.eval_size``, randomly
 cropped to the input size, flipped and colour-jittered on the device; the loss is the triplet loss with
-online semi-hard, batch-hard or batch-all mining (``utils/triplet.py``). Each epoch logs loss, share of
+online semi-hard, batch-hard or batch-all mining (``training/facenet/triplet.py``). Each epoch logs loss, share of
 active triplets, triplet accuracy (share of triplets whose negative is farther than the positive) and mean
 positive/negative distances, then validates on the pairs file: accuracy (mean +- std over its folds),
 threshold, VAL@FAR, AUC, EER, and the validation triplet loss. ``best.pt`` keeps the best validation
@@ -27,35 +27,43 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
-from config import Config, FaceNetConfig
+from config import Config, FaceNetConfig, load_config
 from datasets.decoding import keep_batch
-from datasets.face_crops import FaceCrops, PairsSet, augment, load_pairs_set, load_training_crops, training_side
-from datasets.samplers import PKBatchSampler
-from models.embedder import Embedder
-from models.inception_resnet_v1 import load_facenet_weights
 from models.system import load_embedder
+from training.facenet.crops import PairsSet, augment, load_pairs_set, load_training_crops, training_side
+from training.facenet.epoch import train_one_epoch
+from training.facenet.model import architecture, build_model
+from training.facenet.samplers import PKBatchSampler
+from training.facenet.triplet import TripletLoss
+from training.facenet.validation import evaluate, save_roc
 from utils.atomic import atomic_write_text
 from utils.checkpoint import load_checkpoint
 from utils.cli import add_config_args, config_from_args, run
 from utils.config_io import config_to_dict, save_config
-from utils.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
-from utils.errors import BadInputLog, ConfigError, DataError
+from utils.distributed import DistInfo, cleanup_distributed, init_distributed
+from utils.errors import BadInputLog
 from utils.logger import RunLogger
-from utils.metrics import VerificationResult, pair_scores, verification_metrics
-from utils.plots import plot_loss_curves, plot_roc, plot_score_histograms
+from utils.metrics import VerificationResult
+from utils.plots import plot_loss_curves, plot_score_histograms
 from utils.seed import seed_everything
-from utils.training import (Checkpointer, ResumableBatches, StepRunner, StopOnSignal, TrainingState, buffer_snapshot,
-                            build_optimizer, build_scheduler, check_finite, loader_generator, restore_buffers, unwrap)
-from utils.triplet import TripletLoss, TripletStats
+from utils.training import (
+    Checkpointer,
+    ResumableBatches,
+    StepRunner,
+    StopOnSignal,
+    TrainingState,
+    build_optimizer,
+    build_scheduler,
+    loader_generator,
+    unwrap,
+)
 
 KIND = "facenet"
-STAT_NAMES = ("active_fraction", "triplet_accuracy", "mean_pos_dist", "mean_neg_dist")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,77 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def embed_crops(model: Embedder, crops: FaceCrops, device: torch.device, batch_size: int, flip: bool) -> Tensor:
-    """Embeddings [N, D] (CPU) of every crop, in eval mode, with optional flip test-time augmentation."""
-    chunks = [list(range(i, min(i + batch_size, len(crops)))) for i in range(0, len(crops), batch_size)]
-    return torch.cat([model.embed(crops.__getitems__(chunk).images, batch_size=batch_size, flip=flip, device=device)
-                      for chunk in chunks]) if chunks else torch.empty(0, model.embedding_size)
-
-
-def validation_loss(embeddings: Tensor, labels: np.ndarray, loss_fn: TripletLoss, p: int, k: int, batches: int,
-                    seed: int) -> dict[str, float]:
-    """Triplet loss and statistics on fixed P x K batches of the validation identities (empty when they are too few)."""
-    if batches == 0:
-        return {}
-    try:
-        sampler = PKBatchSampler(labels, min(p, len(np.unique(labels))), k, seed=seed, batches_per_epoch=batches,
-                                 num_replicas=1, rank=0)
-    except ConfigError:
-        return {}
-    totals: dict[str, float] = {}
-    for batch in sampler:
-        loss, stats = loss_fn(embeddings[batch], torch.from_numpy(labels[batch]))
-        values = {"val_loss": float(loss), **{f"val_{name}": v for name, v in stats.as_floats().items() if name in STAT_NAMES}}
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + value / len(sampler)
-    return totals
-
-
-def evaluate(model: nn.Module, pairs: PairsSet, device: torch.device, cfg: FaceNetConfig, loss_fn: TripletLoss | None,
-             flip: bool = False) -> tuple[VerificationResult, dict[str, float], np.ndarray]:
-    """The LFW protocol on the pairs set (cosine similarity, the pairs file's folds) and the validation
-    triplet loss; returns (metrics, loss figures, pair scores)."""
-    net = unwrap(model)
-    embeddings = embed_crops(net, pairs.crops, device, cfg.val_batch_size, flip)
-    scores, higher = pair_scores(embeddings[pairs.first].numpy(), embeddings[pairs.second].numpy(), "cosine")
-    folds: Any = pairs.folds if len(np.unique(pairs.folds)) >= 2 else 10  # one-fold files: 10 blocks in file order
-    result = verification_metrics(scores, pairs.same, folds, higher_is_same=higher, far_target=cfg.far_target)
-    losses = {}
-    if loss_fn is not None:
-        losses = validation_loss(embeddings, pairs.crops.labels, loss_fn, cfg.identities_per_batch,
-                                 cfg.images_per_identity, cfg.val_loss_batches, seed=12345)
-    return result, losses, scores
-
-
-def save_roc(path: Path, result: VerificationResult, title: str) -> None:
-    """ROC curve PNG of one evaluation (accuracy and AUC in the legend)."""
-    plot_roc(path, {f"accuracy {result.accuracy:.4f}, AUC {result.auc:.4f}": (result.fpr, result.tpr)}, title=title)
-
-
 # --- training -------------------------------------------------------------------------------------------------
-
-
-def build_model(cfg: FaceNetConfig) -> Embedder:
-    """The configured embedder (random initialisation, or facenet-pytorch weights from ``cfg.pretrained``)."""
-    width = cfg.width if cfg.backbone == "mobilefacenet" else 1.0
-    model = Embedder.build(cfg.backbone, embedding_size=cfg.embedding_size, dropout=cfg.dropout,
-                           input_size=cfg.input_size, width=width, standardization=cfg.standardization)
-    if cfg.pretrained:
-        if cfg.backbone != "inception_resnet_v1":
-            raise ConfigError("facenet.pretrained: published FaceNet weights fit backbone inception_resnet_v1 only")
-        load_facenet_weights(model.backbone, cfg.pretrained)
-    return model
-
-
-def architecture(config: Config) -> dict[str, Any]:
-    """The ``embedder`` checkpoint entry: what ``models.system.load_embedder`` rebuilds the model from, and how
-    its faces were cut (alignment at eval_size, scaled to input_size)."""
-    cfg, a = config.facenet, config.align
-    return {"backbone": cfg.backbone, "embedding_size": cfg.embedding_size, "input_size": cfg.input_size,
-            "width": cfg.width if cfg.backbone == "mobilefacenet" else 1.0, "dropout": cfg.dropout,
-            "standardization": cfg.standardization,
-            "align": {"size": a.eval_size, "margin": a.margin, "method": a.method,
-                      "margin_at_input_size": a.margin * cfg.input_size / a.eval_size}}
 
 
 @torch.no_grad()
@@ -182,73 +120,6 @@ def calibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.devi
         model(augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
-
-
-class _StatSums:
-    """Running sums of loss and triplet statistics, kept on the device (one sync per epoch)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.batches = 0
-
-    def add(self, loss: Tensor, stats: TripletStats) -> None:
-        values = {"loss": loss.detach().float(), **{n: getattr(stats, n).detach().float() for n in STAT_NAMES}}
-        for key, value in values.items():
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.batches += 1
-
-    def means(self) -> dict[str, float]:
-        if not self.sums:
-            return {}
-        stacked = torch.stack([self.sums[k] for k in self.sums]).double() / max(self.batches, 1)
-        reduced = all_reduce_mean(stacked.cpu()).tolist()
-        return dict(zip(self.sums, reduced))
-
-
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: TripletLoss, steps: StepRunner, device: torch.device,
-                    epoch: int, state: TrainingState, logger: RunLogger, stop: StopOnSignal, cfg: FaceNetConfig,
-                    log: BadInputLog, skip_nonfinite: bool = False) -> dict[str, float]:
-    """One epoch of P x K batches; returns mean loss, active-triplet share, triplet accuracy, mean distances
-    (averaged over processes), images per second, the learning rate, and the batches skipped for a non-finite
-    loss (with ``skip_nonfinite``; their forward pass leaves no trace in the batch-norm statistics)."""
-    model.train()
-    sums = _StatSums()
-    seen, started = 0, time.perf_counter()
-    bar = logger.progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))
-    taken = skipped = 0  # taken: batches drawn from the loader, trained or skipped (what a resume inside this epoch skips)
-    for batch in bar:
-        taken += 1
-        for path, reason in batch.errors:
-            log.report(DataError(path, reason))
-        images, labels = batch.images, batch.labels
-        if batch.errors:
-            images, labels = images[batch.valid], labels[batch.valid]
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        inputs = augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter)
-        buffers = buffer_snapshot(model) if skip_nonfinite else {}
-        with steps.autocast():
-            embeddings = model(inputs)
-        loss, stats = loss_fn(embeddings.float(), labels)
-        if not check_finite(loss, f"epoch {epoch + 1}, step {state.step}", skip_nonfinite):
-            restore_buffers(model, buffers)
-            skipped += 1
-            continue
-        if steps.backward(loss, model.parameters()):
-            state.step += 1
-        sums.add(loss, stats)
-        seen += len(labels)
-        if sums.batches % 10 == 0 and logger.enabled:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", acc=f"{float(stats.triplet_accuracy):.3f}")
-        if stop.requested:
-            break
-    out = sums.means()
-    out["batches"] = sums.batches
-    out["batches_taken"] = taken
-    out["nonfinite_skipped"] = skipped
-    out["images_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
-    out["lr"] = steps.optimizer.param_groups[0]["lr"]
-    return out
 
 
 def _broadcast_flag(flag: bool, device: torch.device) -> bool:
@@ -298,7 +169,7 @@ def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: t
 
 def main(args: argparse.Namespace) -> int:
     """Train the embedder (or evaluate one with --test-only); returns the exit code."""
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     dist = init_distributed(config.runtime.device)
     try:
         seed_everything(config.runtime.seed + dist.rank, config.runtime.deterministic)

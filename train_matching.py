@@ -34,11 +34,18 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
-from config import Config
+from config import Config, load_config
 from datasets.identity import IdentityFolder
 from datasets.lfw import PairsFile, check_pairs_images, lfw_image_path, read_pairs
-from models.matcher import (ClassifierMatcher, Matcher, ThresholdMatcher, different_identity_pairs,
-                            fit_classifier_on_identities, matcher_summary, simulate_open_set)
+from models.matcher import (
+    ClassifierMatcher,
+    Matcher,
+    ThresholdMatcher,
+    different_identity_pairs,
+    fit_classifier_on_identities,
+    matcher_summary,
+    simulate_open_set,
+)
 from models.system import FaceRecognitionSystem
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
@@ -341,7 +348,7 @@ def write_plots(results: Sequence[MethodResult], pairs: PairSet, report_dir: Pat
 def main(args: argparse.Namespace) -> int:
     """Embed the validation pairs, fit and compare the matchers, save the better one, write the report."""
     args.set_items += detector_overrides(args.detector)
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     seed_everything(config.runtime.seed)
     settings = config.matching
     method = args.method or settings.method

@@ -28,36 +28,53 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from config import Config, MTCNNConfig, MTCNNStageConfig
+from config import Config, MTCNNConfig, MTCNNStageConfig, load_config
 from datasets.celeba import read_celeba_landmark_annotations
 from datasets.decoding import decoded_batches, keep_batch
 from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
 from datasets.landmarks import landmark_image_path, read_landmark_list
-from datasets.mtcnn_samples import (DetectFn, DetectionItem, LandmarkItem, Mined, augment_batch, generate_samples,
-                                    target_frame)
-from datasets.packed import BalancedBatchSampler, PackedSamples
 from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
 from models.detector import STAGES, DetectorSettings, FaceDetector
 from models.mtcnn import NET_INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, build_net
 from models.weights import load_net
+from training.mtcnn.evaluation import (
+    CascadeEvaluation,
+    ellipse_rect_iou,
+    fddb_tpr_at_fp,
+    format_report,
+    landmark_nme,
+    match_detections,
+    save_pr_curves,
+)
+from training.mtcnn.loss import MTCNNLoss, summarize_stats
+from training.mtcnn.mining import mining_function
+from training.mtcnn.packed import BalancedBatchSampler, PackedSamples
+from training.mtcnn.samples import DetectionItem, LandmarkItem, augment_batch, generate_samples, target_frame
 from utils.area_resize import crop_resize, integral_image
 from utils.atomic import atomic_write_text
 from utils.boxes import decode_landmarks, square_boxes
 from utils.checkpoint import load_checkpoint
 from utils.cli import add_config_args, config_from_args, run
 from utils.config_io import config_to_dict, save_config
-from utils.detection_eval import (CascadeEvaluation, ellipse_rect_iou, fddb_tpr_at_fp, format_report, landmark_nme,
-                                  match_detections, save_pr_curves)
 from utils.distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
 from utils.errors import BadInputLog, ConfigError, DataError
 from utils.hashing import file_fingerprint
 from utils.images import read_image
 from utils.logger import RunLogger
-from utils.mtcnn_loss import MTCNNLoss, summarize_stats
 from utils.plots import plot_loss_curves
 from utils.seed import seed_everything, worker_seed
-from utils.training import (Checkpointer, ResumableBatches, StepRunner, StopOnSignal, TrainingState, build_optimizer,
-                            build_scheduler, check_finite, loader_generator, unwrap)
+from utils.training import (
+    Checkpointer,
+    ResumableBatches,
+    StepRunner,
+    StopOnSignal,
+    TrainingState,
+    build_optimizer,
+    build_scheduler,
+    check_finite,
+    loader_generator,
+    unwrap,
+)
 
 SUBSETS = ("easy", "medium", "hard")
 
@@ -206,24 +223,6 @@ def make_detector(nets: dict[str, nn.Module], config: Config, device: torch.devi
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """A report file, written atomically."""
     atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
-
-
-def mining_function(detector: FaceDetector, until: str) -> DetectFn:
-    """A batched ``DetectFn`` for sample generation: the candidates stage ``until`` hands on, their crop regions
-    and each image's integral image (the samples are cut from the tables the cascade already built)."""
-    def detect(images: list[np.ndarray]) -> list[Mined]:
-        with torch.inference_mode():
-            prep = detector.prepare(images)
-            cands = detector.pnet_stage(prep)
-            if until == "rnet":
-                cands = detector.rnet_stage(prep, cands)
-            regions, valid = detector.crop_regions(prep, cands)
-        out = []
-        for i in range(len(images)):
-            mine = (cands.image_index == i) & valid
-            out.append(Mined(cands.boxes[mine].cpu().numpy(), regions[mine].cpu().numpy(), prep.integral(i)))
-        return out
-    return detect
 
 
 def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -637,7 +636,7 @@ def test_only(args: argparse.Namespace, config: Config, data: MTCNNData, run_dir
 
 def main(args: argparse.Namespace) -> int:
     """Train the requested stage(s) or evaluate; returns the exit code."""
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     dist = init_distributed(config.runtime.device)

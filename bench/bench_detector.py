@@ -2,7 +2,7 @@
 
 Run (from the repo root; facenet-pytorch comes from ``pip install --no-deps -r requirements-reference.txt``):
 
-    .venv/bin/python bench/bench_detector.py --threads 2 --repeats 3
+    .venv/bin/python -m bench.bench_detector --threads 2 --repeats 3
 
 Images: ``../shared/data/photos`` plus 50 WIDER FACE train images spread evenly over the subset (on
 CUDA also 4 batches of 16 WIDER images of one size, 1024x768). Both
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,12 +27,11 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from models.detector import DetectorSettings, FaceDetector, StageTimer  # noqa: E402
-from models.weights import original_weight_paths, read_state_dict  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
-from utils.boxes import detection_agreement  # noqa: E402
+from models.detector import DetectorSettings, FaceDetector, StageTimer
+from models.weights import original_weight_paths, read_state_dict
+from utils.atomic import atomic_write_text
+from utils.boxes import detection_agreement
 
 SHARED = REPO.parent / "shared"
 STAGE_ROWS = ("pnet", "rnet", "onet", "resize/crop", "nms", "other")

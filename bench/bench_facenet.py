@@ -3,11 +3,11 @@ embedder beside the Eigenfaces (pixel-PCA) baseline on the same pairs.
 
 Run from the repo root (``--config``/``--set`` as for every script: the data paths and presets come from there):
 
-    .venv/bin/python bench/bench_facenet.py throughput --backbone both --steps 8 --repeats 3
-    .venv/bin/python bench/bench_facenet.py embed --backbone both
-    .venv/bin/python bench/bench_facenet.py compare --weights runs/facenet/best.pt [--pairs P --images DIR]
+    .venv/bin/python -m bench.bench_facenet throughput --backbone both --steps 8 --repeats 3
+    .venv/bin/python -m bench.bench_facenet embed --backbone both
+    .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
-``throughput``: images/s of ``train_facenet.train_one_epoch`` (data loader, on-device augmentation, triplet
+``throughput``: images/s of ``training.facenet.epoch.train_one_epoch`` (data loader, on-device augmentation, triplet
 mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of the
 same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
 from other processes distorts the ratio least), per wall-clock second and per CPU second of this process
@@ -15,7 +15,7 @@ from other processes distorts the ratio least), per wall-clock second and per CP
 honest one). Training crops come from ``facenet.train_images`` when they
 exist, else random crops of the same size (the loop is the same). ``embed``: ``Embedder.embed`` images/s,
 with and without flip test-time augmentation. ``compare``: LFW-protocol accuracy of each ``--weights``
-embedder and of Eigenfaces (``datasets.synthetic_eval.eigenfaces_verification``: PCA fitted on the training
+embedder and of Eigenfaces (``datasets.synthetic.eval.eigenfaces_verification``: PCA fitted on the training
 crops' centre squares, grey 32x32) on exactly the same pairs (those with both aligned images). Prints
 markdown tables; ``--json FILE`` also saves the numbers.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,24 +32,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from config import Config  # noqa: E402
-from datasets.identity import IdentityFolder  # noqa: E402
-from datasets.samplers import PKBatchSampler  # noqa: E402
-from datasets.synthetic_eval import eigenfaces_verification  # noqa: E402
-from models.system import load_embedder  # noqa: E402
-from datasets.decoding import keep_batch  # noqa: E402
-from datasets.face_crops import FaceCrops, load_pairs_set, load_training_crops, training_side  # noqa: E402
-from train_facenet import build_model, evaluate, train_one_epoch  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
-from utils.cli import add_config_args, config_from_args, run  # noqa: E402
-from utils.device import select_device  # noqa: E402
-from utils.errors import BadInputLog  # noqa: E402
-from utils.logger import RunLogger  # noqa: E402
-from utils.training import StepRunner, StopOnSignal, TrainingState, build_optimizer  # noqa: E402
-from utils.triplet import TripletLoss  # noqa: E402
+from config import Config, load_config
+from datasets.decoding import keep_batch
+from datasets.identity import IdentityFolder
+from datasets.synthetic.eval import eigenfaces_verification
+from models.system import load_embedder
+from training.facenet.crops import FaceCrops, load_pairs_set, load_training_crops, training_side
+from training.facenet.epoch import train_one_epoch
+from training.facenet.model import build_model
+from training.facenet.samplers import PKBatchSampler
+from training.facenet.triplet import TripletLoss
+from training.facenet.validation import evaluate
+from utils.atomic import atomic_write_text
+from utils.cli import add_config_args, config_from_args, run
+from utils.device import select_device
+from utils.errors import BadInputLog
+from utils.logger import RunLogger
+from utils.training import StepRunner, StopOnSignal, TrainingState, build_optimizer
 
 BACKBONES = ("mobilefacenet", "inception_resnet_v1")
 INCEPTION = {"input_size": 160, "embedding_size": 512, "width": 1.0}  # the FaceNet shape
@@ -235,7 +233,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> s
 
 def main(args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print its table."""
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(config.runtime.device)

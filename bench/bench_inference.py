@@ -3,12 +3,12 @@ PyTorch fp32, ONNX Runtime fp32, ONNX Runtime int8 (static, calibrated) and, whe
 
 Run from the repo root (``--config``/``--set`` as for every script; needs ``requirements-export.txt``):
 
-    .venv/bin/python bench/bench_inference.py --threads 1 --repeats 5
-    .venv/bin/python bench/bench_inference.py --embedder runs/facenet/best.pt --onnx-dir runs/onnx
+    .venv/bin/python -m bench.bench_inference --threads 1 --repeats 5
+    .venv/bin/python -m bench.bench_inference --embedder runs/facenet/best.pt --onnx-dir runs/onnx
 
-The ONNX files come from ``--onnx-dir`` (written by ``python -m utils.export --int8`` from the same checkpoint),
+The ONNX files come from ``--onnx-dir`` (written by ``python -m deploy.export --int8`` from the same checkpoint),
 or, without it, are exported here into a temporary folder with the same code (int8: ``--calibration-count``
-aligned training crops from ``facenet.train_images``). Accuracy: the LFW protocol of ``train_facenet.evaluate``
+aligned training crops from ``facenet.train_images``). Accuracy: the LFW protocol of ``training.facenet.validation.evaluate``
 on ``facenet.val_pairs`` (every variant sees the same crops), and the cosine similarity of each variant's embedding
 of every validation crop to PyTorch fp32's (mean and lowest; a finer measure than accuracy on a few hundred pairs). Speed: ``embed`` over ``--images`` validation crops
 in batches of ``--batch-size``, the variants alternated ``--repeats`` times and the best pass of each kept, per
@@ -20,27 +20,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench_facenet import _Clock, _table  # noqa: E402  (this folder's shared timing and table helpers)
-from models.onnx_nets import ONNX_FILES, load_onnx_embedder, read_sidecar, require  # noqa: E402
-from models.system import read_embedder  # noqa: E402
-from datasets.face_crops import PairsSet, load_pairs_set  # noqa: E402
-from train_facenet import evaluate  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
-from utils.cli import add_config_args, config_from_args, run  # noqa: E402
-from utils.errors import BadInputLog, DataError  # noqa: E402
-from utils.export import (CALIBRATION_METHODS, DEFAULT_CALIBRATION, calibration_faces, export_embedder, export_embedder_int8,  # noqa: E402
-                          load_embedder_for_export)
-from utils.hashing import sha256_file  # noqa: E402
+from bench.bench_facenet import _Clock, _table
+from config import load_config
+from deploy.export import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION,
+    calibration_faces,
+    export_embedder,
+    export_embedder_int8,
+    load_embedder_for_export,
+)
+from models.onnx_nets import ONNX_FILES, load_onnx_embedder, read_sidecar, require
+from models.system import read_embedder
+from training.facenet.crops import PairsSet, load_pairs_set
+from training.facenet.validation import evaluate
+from utils.atomic import atomic_write_text
+from utils.cli import add_config_args, config_from_args, run
+from utils.errors import BadInputLog, DataError
+from utils.hashing import sha256_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -99,7 +102,7 @@ def speed(model: Any, images: torch.Tensor, batch_size: int, device: torch.devic
 
 def main(args: argparse.Namespace) -> int:
     """Build the variants, measure accuracy and speed, print the table."""
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     require("onnxruntime")
     torch.set_num_threads(args.threads)
     checkpoint = Path(args.embedder) if args.embedder else config.path("embedder")

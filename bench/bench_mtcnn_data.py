@@ -2,7 +2,7 @@
 
 Both sides do the same work on the same decoded images (decoding is timed once, apart, and shared):
 
-* stage-P samples: ours is ``datasets.mtcnn_samples.detection_samples`` (all crops of an image drawn,
+* stage-P samples: ours is ``training.mtcnn.samples.detection_samples`` (all crops of an image drawn,
   labelled with one ``box_iou`` call and cut out in one summed-area-table gather); the baseline draws
   one crop at a time, computes its IoU with NumPy, crops with slicing and resizes with ``cv2.resize``
   (INTER_AREA averages areas like ours, with fractional weights at the bin edges where ours, like
@@ -15,9 +15,9 @@ Both sides do the same work on the same decoded images (decoding is timed once, 
   resize, targets), as the public scripts do. Reported end to end (networks included) and for the
   per-box work alone, since the networks' time is common to both.
 
-    python bench/bench_mtcnn_data.py                       # WIDER subset (../shared/data) if present
-    python bench/bench_mtcnn_data.py --images 40 --threads 1 --data /path/to/wider_root
-    python bench/bench_mtcnn_data.py --device cuda         # mining on the GPU (the loop still crops on the CPU)
+    python -m bench.bench_mtcnn_data                       # WIDER subset (../shared/data) if present
+    python -m bench.bench_mtcnn_data --images 40 --threads 1 --data /path/to/wider_root
+    python -m bench.bench_mtcnn_data --device cuda         # mining on the GPU (the loop still crops on the CPU)
 
 Timings on a shared machine are noisy; the table says which device and thread count produced them.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,16 +34,15 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from config import Config, MTCNNConfig  # noqa: E402
-from datasets.mtcnn_samples import DetectionItem, IouRule, detection_samples, select_faces  # noqa: E402
-from datasets.packed import NEGATIVE, PART, POSITIVE  # noqa: E402
-from datasets.wider import read_wider_annotations, wider_split_paths  # noqa: E402
-from models.detector import DetectorSettings, FaceDetector  # noqa: E402
-from models.weights import load_net  # noqa: E402
-from train_mtcnn import mining_function  # noqa: E402
-from utils.images import read_image  # noqa: E402
+from config import Config, MTCNNConfig
+from datasets.wider import read_wider_annotations, wider_split_paths
+from models.detector import DetectorSettings, FaceDetector
+from models.weights import load_net
+from training.mtcnn.mining import mining_function
+from training.mtcnn.packed import NEGATIVE, PART, POSITIVE
+from training.mtcnn.samples import DetectionItem, IouRule, detection_samples, select_faces
+from utils.images import read_image
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wider_face_train_subset"
 DEFAULT_WEIGHTS = REPO.parent / "shared" / "pretrained" / "mtcnn_facenet_pytorch"

@@ -34,8 +34,8 @@ from datasets.decoding import decoded_batches
 from datasets.identity import IdentityFolder
 from datasets.lfw import Pair, write_pairs
 from datasets.recordio import FaceRecordSet
+from models.alignment import align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
-from utils.align import align_faces
 from utils.atomic import atomic_write_text
 from utils.device import select_device
 from utils.errors import BadInputLog, ConfigError, DataError

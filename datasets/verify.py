@@ -13,8 +13,8 @@ import numpy as np
 from datasets.identity import IdentityFolder
 from datasets.landmarks import read_landmark_list
 from datasets.lfw import check_pairs_images, read_pairs
-from datasets.mtcnn_samples import DetectionItem, select_faces
 from datasets.wider import read_wider_annotations, wider_split_paths
+from utils.boxes import boxes_outside_image
 from utils.errors import BadInputLog, DataError
 from utils.images import read_image
 
@@ -42,8 +42,7 @@ def _decode_all(paths: list[Path], log: BadInputLog, boxes: list[np.ndarray] | N
             log.report(error)
             continue
         if boxes is not None:
-            faces = np.asarray(boxes[index], dtype=np.float64).reshape(-1, 4)
-            *_, outside = select_faces(DetectionItem(str(path), faces, np.ones(len(faces), dtype=bool)), width, height, 0.0)
+            _, outside = boxes_outside_image(boxes[index], width, height)
             for message in outside:
                 log.report(DataError(path, message))
     return failed

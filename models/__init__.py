@@ -1,1 +1,2 @@
-"""Networks and inference wrappers: P/R/O-Net, the face detector, embedders and matchers."""
+"""Networks and inference wrappers: P/R/O-Net, the face detector, alignment, embedders, matchers, the gallery and
+the whole system."""

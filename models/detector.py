@@ -353,7 +353,7 @@ class FaceDetector:
                          settings: DetectorSettings | None = None, device: str | torch.device = "cpu",
                          backend: str = "torch") -> "FaceDetector":
         """Load the three nets from files or folders: original state_dicts or toolkit checkpoints (``backend``
-        "torch"), or the ``.onnx`` files ``python -m utils.export`` writes (``backend`` "onnx", ONNX Runtime)."""
+        "torch"), or the ``.onnx`` files ``python -m deploy.export`` writes (``backend`` "onnx", ONNX Runtime)."""
         if backend not in BACKENDS:
             raise ConfigError(f"detector backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "onnx":

@@ -1,13 +1,13 @@
 """ONNX Runtime versions of the MTCNN nets and the embedder, shaped like the PyTorch ones they were exported from.
 
-``python -m utils.export`` writes ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx``, ``embedder.onnx`` (and
+``python -m deploy.export`` writes ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx``, ``embedder.onnx`` (and
 ``embedder_int8.onnx``), each with a JSON sidecar (same name, ``.json``) recording the source checkpoint's
 SHA-256, the config and the check against PyTorch. Here they are loaded back:
 
 * :class:`OnnxNet` is called like a P/R/O-Net (float tensor in, :class:`~models.mtcnn.NetOutput` out), so
   ``FaceDetector`` runs its one cascade on it unchanged (``FaceDetector.from_checkpoints(..., backend="onnx")``);
 * :class:`OnnxEmbedder` has the ``Embedder`` inference interface (``embed``, ``input_size``,
-  ``embedding_size``), so the system, the matcher and ``train_facenet.evaluate`` take it as they are.
+  ``embedding_size``), so the system, the matcher and ``training.facenet.validation.evaluate`` take it as they are.
 
 ``onnxruntime`` is optional (``requirements-export.txt``): it is imported on first use, and its absence is
 one clear error naming that file.
@@ -63,7 +63,7 @@ def read_sidecar(onnx_path: str | Path, kind: str) -> dict[str, Any]:
     """The sidecar of ``onnx_path``, checked: right format and kind, and describing these very bytes (SHA-256)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise DataError(onnx_path, f"exported {kind} not found (write it with `python -m utils.export`)")
+        raise DataError(onnx_path, f"exported {kind} not found (write it with `python -m deploy.export`)")
     meta_path = sidecar_path(onnx_path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -21,16 +21,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.alignment import METHODS as ALIGN_METHODS, align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
 from models.embedder import Embedder
+from models.gallery import Gallery, RebuildReport
 from models.matcher import Matcher, load_matcher
 from models.onnx_nets import OnnxEmbedder, resolve_onnx
-from utils.align import METHODS as ALIGN_METHODS
-from utils.device import select_device
-from utils.align import align_faces
-from utils.errors import BadInputLog, DataError
 from utils.checkpoint import load_checkpoint, load_model_state
-from utils.gallery import Gallery, RebuildReport
+from utils.device import select_device
+from utils.errors import BadInputLog, DataError
 from utils.hashing import sha256_file
 from utils.images import read_image
 
@@ -181,7 +180,7 @@ def open_embedder(path: Path, device: torch.device, fp16: bool = False
                   ) -> tuple[Embedder | OnnxEmbedder, AlignSettings | None, str]:
     """An embedder ready for inference, how its faces were cut, and the SHA-256 matchers and galleries know it by:
     a toolkit checkpoint (half precision on CUDA with ``fp16``; fp32 on the CPU), or a ``.onnx`` file from
-    ``python -m utils.export`` on ONNX Runtime, known by its source checkpoint's SHA-256 (so the same matcher fits)."""
+    ``python -m deploy.export`` on ONNX Runtime, known by its source checkpoint's SHA-256 (so the same matcher fits)."""
     if path.suffix == ".onnx":
         model = OnnxEmbedder(path, device=device)
         try:

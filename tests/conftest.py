@@ -1,6 +1,8 @@
-"""Shared fixtures: where the read-only real data lives, and a fixed seed for every test."""
+"""Shared fixtures: where the read-only real data lives, one torch thread for training tests, and
+``run_script``, which runs a top-level script as its command line would (tests never import a script)."""
 from __future__ import annotations
 
+import runpy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +12,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_script(name: str, argv: list[str]) -> int:
+    """Run the top-level script ``name`` (e.g. "train_mtcnn.py") in this process as ``python name *argv`` would,
+    and return its exit code. The script's imports run afresh, so a test patches library modules, not the script."""
+    path = REPO / name
+    saved = sys.argv
+    sys.argv = [str(path), *argv]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = saved
+    return 0

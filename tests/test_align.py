@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.alignment import TEMPLATE_112, align_faces, face_template, invert_affine, similarity_transforms
 from models.detector import Detections, FaceDetector
-from utils.align import TEMPLATE_112, align_faces, face_template, invert_affine, similarity_transforms
 from utils.images import read_image
 
 

@@ -10,18 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-import prepare_training_data
 from config import load_config
-from datasets.align_dataset import (PROGRESS_FILE, REPORT_FILE, align_jobs, choose_face, framing_margins, list_photos,
-                                    make_pairs, split_identities)
+from datasets.align_dataset import (
+    PROGRESS_FILE,
+    REPORT_FILE,
+    align_jobs,
+    choose_face,
+    framing_margins,
+    list_photos,
+    make_pairs,
+    split_identities,
+)
 from datasets.lfw import read_pairs, write_pairs
 from datasets.recordio import RecordHeader, pack_record, write_recordio
+from models.alignment import align_faces
 from models.detector import Detections
-from utils.align import align_faces
-from utils.cli import run
+from tests.conftest import run_script
 from utils.errors import ConfigError
 from utils.images import read_image, write_image
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +100,7 @@ def _align(tmp_path: Path, weights: Path, *extra: str) -> int:
     argv = ["--set", f"paths.data_root={tmp_path / 'data'}", "--set", "runtime.workers=0",
             "--set", "align.train_size=56", "--set", "align.eval_size=48", "--set", "align.batch_images=4",
             *[item for net in ("pnet", "rnet", "onet") for item in ("--set", f"paths.{net}={weights}")], *extra]
-    return run(prepare_training_data.main, prepare_training_data.get_args_parser(), argv)
+    return run_script("prepare_training_data.py", argv)
 
 
 def test_align_real_photos_reports_and_resumes(tmp_path: Path, shared_data: Path, pretrained_mtcnn: Path) -> None:

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from datasets.fddb import ellipse_to_box
-from utils.detection_eval import (CascadeEvaluation, DetectionEvaluator, average_precision, ellipse_rect_iou,
-                                  fddb_tpr_at_fp, format_report, landmark_nme, match_detections, save_pr_curves)
+from training.mtcnn.evaluation import (
+    CascadeEvaluation,
+    DetectionEvaluator,
+    average_precision,
+    ellipse_rect_iou,
+    fddb_tpr_at_fp,
+    format_report,
+    landmark_nme,
+    match_detections,
+    save_pr_curves,
+)
 
 FACES = np.array([[10, 10, 50, 50], [100, 100, 140, 150], [200, 20, 230, 60]], dtype=np.float64)
 

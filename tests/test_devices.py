@@ -14,15 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-import train_facenet
-import train_mtcnn
+import training.facenet.epoch
+import utils.training
 from datasets.synthetic import generate_synthetic_set
-from models.detector import FaceDetector
+from models.detector import STAGES, FaceDetector
 from models.mtcnn import ONet, PNet, RNet
-from tests.test_reliability_resume import (MTCNN_SPEC, checkpoint, facenet_argv, make_facenet_root, mtcnn_argv,
-                                           one_torch_thread, sigint_after)
+from tests.conftest import run_script
+from tests.test_reliability_resume import (
+    MTCNN_SPEC,
+    checkpoint,
+    facenet_argv,
+    make_facenet_root,
+    mtcnn_argv,
+    one_torch_thread,
+    sigint_after,
+)
 from utils.area_resize import crop_resize
-from utils.cli import run
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -58,13 +65,12 @@ def test_mtcnn_stages_train_stop_resume_and_mine_on(device: str, mtcnn_data: Pat
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     on_device = ("--set", f"runtime.device={device}", "--set", "runtime.amp=true")
-    sigint_after(train_mtcnn, "check_finite", 100 + 7, monkeypatch)  # P-Net: 100 steps per epoch, stop in epoch 2
-    assert run(train_mtcnn.main, train_mtcnn.get_args_parser(), mtcnn_argv(mtcnn_data, out, "pnet", *on_device)) == 130
+    sigint_after(utils.training, "check_finite", 100 + 7, monkeypatch)  # P-Net: 100 steps per epoch, stop in epoch 2
+    assert run_script("train_mtcnn.py", mtcnn_argv(mtcnn_data, out, "pnet", *on_device)) == 130
     monkeypatch.undo()
     assert checkpoint(out / "pnet" / "last.pt")["batches_done"] == 7
-    for stage in train_mtcnn.STAGES:  # P-Net resumes; R and O mine with the nets before them, on the device
-        assert run(train_mtcnn.main, train_mtcnn.get_args_parser(),
-                   mtcnn_argv(mtcnn_data, out, stage, "--resume", *on_device)) == 0
+    for stage in STAGES:  # P-Net resumes; R and O mine with the nets before them, on the device
+        assert run_script("train_mtcnn.py", mtcnn_argv(mtcnn_data, out, stage, "--resume", *on_device)) == 0
         losses = _losses(out / stage / "metrics_train.csv")
         assert len(losses) == 3 and all(map(math.isfinite, losses)) and losses[-1] < losses[0], (stage, losses)
         saved = checkpoint(out / stage / "last.pt")
@@ -77,11 +83,10 @@ def test_facenet_trains_stops_and_resumes_on(device: str, tmp_path: Path, monkey
     aligned = make_facenet_root(tmp_path / "aligned")
     out = tmp_path / "run"
     on_device = ("--set", f"runtime.device={device}", "--set", "runtime.amp=true")
-    sigint_after(train_facenet, "check_finite", 10 + 4, monkeypatch)  # 10 batches per epoch: stop inside epoch 2
-    assert run(train_facenet.main, train_facenet.get_args_parser(), facenet_argv(aligned, out, *on_device)) == 130
+    sigint_after(training.facenet.epoch, "check_finite", 10 + 4, monkeypatch)  # 10 batches per epoch: stop inside epoch 2
+    assert run_script("train_facenet.py", facenet_argv(aligned, out, *on_device)) == 130
     monkeypatch.undo()
-    assert run(train_facenet.main, train_facenet.get_args_parser(),
-               facenet_argv(aligned, out, "--resume", *on_device)) == 0
+    assert run_script("train_facenet.py", facenet_argv(aligned, out, "--resume", *on_device)) == 0
     losses = _losses(out / "metrics_train.csv")
     assert len(losses) == 3 and all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
     saved = checkpoint(out / "last.pt")

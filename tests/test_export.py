@@ -17,19 +17,35 @@ import pytest
 import torch
 
 from config import AlignConfig, load_config
+from deploy.export import (
+    ExportCheckError,
+    cascade_inputs,
+    check_within,
+    compare_detections,
+    embedder_faces,
+    export_embedder,
+    export_embedder_int8,
+    export_mtcnn_net,
+    get_args_parser,
+    main,
+    write_checked,
+)
 from models.detector import FaceDetector
 from models.embedder import Embedder
 from models.mtcnn import NET_NAMES
-from models.onnx_nets import (EXPORT_REQUIREMENTS, MissingDependencyError, OnnxEmbedder, load_onnx_embedder,
-                              load_onnx_net, require)
+from models.onnx_nets import (
+    EXPORT_REQUIREMENTS,
+    MissingDependencyError,
+    OnnxEmbedder,
+    load_onnx_embedder,
+    load_onnx_net,
+    require,
+)
 from models.system import FaceRecognitionSystem
 from models.weights import load_net
 from utils.checkpoint import save_checkpoint
 from utils.cli import run
 from utils.errors import ConfigError, DataError
-from utils.export import (ExportCheckError, cascade_inputs, check_within, compare_detections, embedder_faces,
-                          export_embedder,
-                          export_embedder_int8, export_mtcnn_net, get_args_parser, main, write_checked)
 from utils.hashing import sha256_file
 from utils.images import read_image, write_image
 
@@ -150,7 +166,7 @@ def test_system_runs_from_the_exported_files(exported: SimpleNamespace, photos: 
 def test_int8_embedder_is_quantized_calibrated_and_close(exported: SimpleNamespace, tmp_path: Path) -> None:
     import onnx
 
-    from utils.export import calibration_faces
+    from deploy.export import calibration_faces
 
     root = tmp_path / "aligned"  # a tiny identity tree of aligned crops, read as training reads them
     for i, face in enumerate(exported.faces):
@@ -220,7 +236,7 @@ def test_core_toolkit_imports_without_the_onnx_packages() -> None:
     code = ("import sys\n"
             "for name in ('onnx', 'onnxscript', 'onnxruntime'):\n"
             "    sys.modules[name] = None  # any import of them now fails\n"
-            "import config, models.system, models.detector, models.onnx_nets, utils.export\n"
+            "import config, models.system, models.detector, models.onnx_nets, deploy.export\n"
             "print('ok')\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

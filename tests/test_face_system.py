@@ -15,18 +15,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import test_system
-import train_matching
 from datasets.lfw import Pair, write_pairs
+from models.alignment import align_faces
 from models.detector import FaceDetector
 from models.embedder import Embedder
+from models.gallery import Gallery, GalleryModelMismatch
 from models.matcher import ThresholdMatcher, load_matcher
 from models.system import FaceRecognitionSystem, main_face_order
-from utils.align import align_faces
+from tests.conftest import run_script
 from utils.checkpoint import save_checkpoint
-from utils.cli import run
 from utils.errors import DataError
-from utils.gallery import Gallery, GalleryModelMismatch
 from utils.hashing import sha256_file
 from utils.images import read_image, write_image
 
@@ -232,8 +230,7 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     embedder = save_embedder(runs / "facenet" / "best.pt", seed=0)
     common = ["--device", "cpu", "--set", f"paths.runs_dir={runs}", "--set", "align.eval_size=48",
               *[f"--set=paths.{n}={pretrained_mtcnn / (n + '.pt')}" for n in ("pnet", "rnet", "onet")]]
-    code = run(train_matching.main, train_matching.get_args_parser(),
-               ["--pairs", str(pairs), "--set", "matching.pairs_per_identity=4", "--set", "matching.calibration_folds=2",
+    code = run_script("train_matching.py", ["--pairs", str(pairs), "--set", "matching.pairs_per_identity=4", "--set", "matching.calibration_folds=2",
                 *common])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -254,8 +251,7 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
         for source in lfw_images(lfw12, person, 2):
             (distractors / person).mkdir(parents=True, exist_ok=True)
             (distractors / person / source.name).write_bytes(source.read_bytes())
-    code = run(test_system.main, test_system.get_args_parser(),
-               system_args + zero_floors + ["--distractors", str(distractors), "--set=system.distractor_identities=2"])
+    code = run_script("test_system.py", system_args + zero_floors + ["--distractors", str(distractors), "--set=system.distractor_identities=2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for line in ("images read", "faces detected", "alignment failures", "verification accuracy",
@@ -270,8 +266,7 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     report = json.loads((runs / "system" / "report.json").read_text())
     assert report["identification"]["known_probes"] == 6 and report["identification"]["unknown_probes"] == 6
 
-    code = run(test_system.main, test_system.get_args_parser(),
-               system_args + ["--set=system.min_verification_accuracy=1", "--set=system.max_impostor_accept_rate=0",
+    code = run_script("test_system.py", system_args + ["--set=system.min_verification_accuracy=1", "--set=system.max_impostor_accept_rate=0",
                               "--gallery", str(tmp_path / "other_gallery.pt")])
     captured = capsys.readouterr()
     assert code == 1
@@ -280,14 +275,14 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
 
     # a new embedder: the old matcher is refused in one line, the stored gallery too until it is rebuilt
     save_embedder(embedder, seed=1)
-    code = run(test_system.main, test_system.get_args_parser(), system_args)
+    code = run_script("test_system.py", system_args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "matcher was tuned for embedder" in err
     ThresholdMatcher(threshold=0.5, embedding_size=32).save(matcher_path, sha256_file(embedder))  # re-tuned
-    code = run(test_system.main, test_system.get_args_parser(), system_args + ["--reuse-gallery"])
+    code = run_script("test_system.py", system_args + ["--reuse-gallery"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--rebuild" in err and err.count("\n") == 0
-    code = run(test_system.main, test_system.get_args_parser(), system_args + zero_floors + ["--rebuild"])
+    code = run_script("test_system.py", system_args + zero_floors + ["--rebuild"])
     out = capsys.readouterr().out
     assert code == 0 and "gallery rebuilt" in out
     rebuilt = Gallery.load(runs / "system" / "gallery.pt", sha256_file(embedder))

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-import train_facenet
+import training.facenet.epoch as epoch_module
 from datasets.align_dataset import framing_margins
-from datasets.face_crops import FaceCrops, augment, load_pairs_set
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
+from models.alignment import align_faces
 from models.system import load_embedder
-from utils.align import align_faces
-from utils.cli import run
+from tests.conftest import run_script
+from training.facenet.crops import FaceCrops, augment, load_pairs_set
+from training.facenet.model import architecture, build_model
 from utils.errors import BadInputLog
 from utils.images import read_image, write_image
 
@@ -80,7 +81,7 @@ def _train(aligned: Path, out: Path, *items: str, flags: tuple[str, ...] = ()) -
     argv = [*flags, "--output-dir", str(out), "--set", f"paths.aligned={aligned}"]
     for item in TINY + list(items):
         argv += ["--set", item]
-    return run(train_facenet.main, train_facenet.get_args_parser(), argv)
+    return run_script("train_facenet.py", argv)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -121,7 +122,7 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
         assert _train(aligned, tmp_path / "straight", *common) == 0
 
     seen = {"epoch": -1, "batches": 0}
-    augment, one_epoch = train_facenet.augment, train_facenet.train_one_epoch
+    augment, one_epoch = epoch_module.augment, epoch_module.train_one_epoch
 
     def epoch_of(model, loader, loss_fn, steps, device, epoch, *args, **kwargs):
         seen.update(epoch=epoch, batches=0)
@@ -134,11 +135,11 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
                 os.kill(os.getpid(), signal.SIGINT)
         return augment(*args, **kwargs)
 
-    monkeypatch.setattr(train_facenet, "train_one_epoch", epoch_of)
-    monkeypatch.setattr(train_facenet, "augment", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(epoch_module, "train_one_epoch", epoch_of)
+    monkeypatch.setattr(epoch_module, "augment", ctrl_c_in_epoch_two)
     with pytest.warns(UserWarning):
         assert _train(aligned, tmp_path / "broken", *common) == 130
-    monkeypatch.setattr(train_facenet, "augment", augment)
+    monkeypatch.setattr(epoch_module, "augment", augment)
     saved = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["batches_done"] == 1 and saved["pending_grads"], "stopped between two steps"
     with pytest.warns(UserWarning):
@@ -189,7 +190,7 @@ def _ddp_process(rank: int, port: int, argv: list[str]) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    code = run(train_facenet.main, train_facenet.get_args_parser(), argv)
+    code = run_script("train_facenet.py", argv)
     if code:
         raise SystemExit(code)
 
@@ -215,8 +216,8 @@ def test_checkpoint_records_the_input_standardization(tmp_path: Path) -> None:
     from utils.checkpoint import save_checkpoint
     config = load_config(None, ["facenet.standardization=per_image", "facenet.input_size=32", "facenet.width=0.25",
                                 "facenet.embedding_size=16"])
-    model = train_facenet.build_model(config.facenet)
-    save_checkpoint(tmp_path / "e.pt", {"model": model.state_dict(), "embedder": train_facenet.architecture(config)})
+    model = build_model(config.facenet)
+    save_checkpoint(tmp_path / "e.pt", {"model": model.state_dict(), "embedder": architecture(config)})
     loaded = load_embedder(tmp_path / "e.pt", torch.device("cpu"))
     assert loaded.standardization == "per_image"
     images = torch.rand(2, 3, 32, 32) * 255

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.gallery import Gallery, GalleryModelMismatch
 from utils.errors import DataError
-from utils.gallery import Gallery, GalleryModelMismatch
 
 REPO = Path(__file__).resolve().parents[1]
 HASH_A = "a" * 64
@@ -93,8 +93,7 @@ def test_a_process_killed_mid_write_leaves_the_old_gallery_intact(tmp_path) -> N
         import os, sys
         from pathlib import Path
         import numpy as np, torch
-        sys.path.insert(0, {str(REPO)!r})
-        from utils.gallery import Gallery
+        from models.gallery import Gallery
         gallery = Gallery.load({str(path)!r})
         gallery.add("carol", np.eye(8)[:2])
         real_save = torch.save
@@ -106,7 +105,7 @@ def test_a_process_killed_mid_write_leaves_the_old_gallery_intact(tmp_path) -> N
         torch.save = crash_half_way
         gallery.save({str(path)!r})
     """)
-    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 9, result.stderr
     assert path.read_bytes() == before
     leftovers = [p for p in tmp_path.iterdir() if p.name != "gallery.pt"]

@@ -11,14 +11,34 @@ import torch
 import torch.nn.functional as F
 
 from config import MTCNNConfig
-from datasets.mtcnn_samples import (DetectionItem, IouRule, LandmarkItem, Mined, augment_batch, detection_samples,
-                                    encode_targets, generate_samples, label_crops, landmark_samples, mirror_geometry,
-                                    select_faces, target_frame)
-from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, BalancedBatchSampler, PackedSamples, batch_quota,
-                             read_manifest)
 from datasets.wider import WiderAnnotation, read_wider_annotations, write_wider_annotations
 from models.detector import Candidates, FaceDetector
 from models.mtcnn import ONet, PNet, RNet
+from training.mtcnn.packed import (
+    LANDMARK,
+    NEGATIVE,
+    PART,
+    POSITIVE,
+    BalancedBatchSampler,
+    PackedSamples,
+    batch_quota,
+    read_manifest,
+)
+from training.mtcnn.samples import (
+    DetectionItem,
+    IouRule,
+    LandmarkItem,
+    Mined,
+    augment_batch,
+    detection_samples,
+    encode_targets,
+    generate_samples,
+    label_crops,
+    landmark_samples,
+    mirror_geometry,
+    select_faces,
+    target_frame,
+)
 from utils.area_resize import crop_resize, integral_image
 from utils.boxes import apply_box_regression, decode_landmarks
 from utils.errors import BadInputLog, DataError

@@ -18,16 +18,14 @@ import pytest
 import torch
 
 from datasets.fddb import FddbAnnotation, write_fddb_ellipses
-from datasets.packed import LANDMARK, NEGATIVE, PART, POSITIVE
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
 from datasets.wider import read_wider_annotations, wider_split_paths
-from models.detector import FaceDetector
-from tests.conftest import REPO
-from train_mtcnn import STAGES, get_args_parser, main
-from utils.cli import run
-from utils.detection_eval import DetectionEvaluator
+from models.detector import STAGES, FaceDetector
+from tests.conftest import REPO, run_script
+from training.mtcnn.evaluation import DetectionEvaluator
+from training.mtcnn.loss import MTCNNLoss, summarize_stats
+from training.mtcnn.packed import LANDMARK, NEGATIVE, PART, POSITIVE
 from utils.images import read_image
-from utils.mtcnn_loss import MTCNNLoss, summarize_stats
 
 SPEC = SyntheticSpec(seed=1, train_scenes=48, val_scenes=16, scene_sizes=((320, 240), (240, 320)),
                      max_faces_per_scene=5, min_face=14, max_face=110, scene_identities=40, train_identities=2,
@@ -102,7 +100,7 @@ def trained(data_root, tmp_path_factory):
     argv = ["--output-dir", str(out), "--set", f"paths.data_root={data_root}"]
     for item in TINY:
         argv += ["--set", item]
-    assert main(get_args_parser().parse_args(argv)) == 0
+    assert run_script("train_mtcnn.py", argv) == 0
     return out
 
 
@@ -163,7 +161,7 @@ def test_test_only_reports_wider_and_fddb(trained, data_root, capsys):
     argv = ["--test-only", "--output-dir", str(trained), "--fddb-folds", str(folds), "--fddb-images", str(images_dir),
             "--set", f"paths.data_root={data_root}", "--set", "runtime.workers=0",
             *(f"--set={s}" for s in TINY if s.startswith("detector."))]  # the thresholds the training run used
-    assert main(get_args_parser().parse_args(argv)) == 0
+    assert run_script("train_mtcnn.py", argv) == 0
     report = json.loads((trained / "test_trained_onet" / "eval.json").read_text())
     trained_report = json.loads((trained / "report.json").read_text())["stages"]["onet"]["eval"]
     assert report["ap"] == pytest.approx(trained_report["ap"])  # the same evaluator, the same numbers
@@ -208,7 +206,7 @@ def test_bad_input_is_one_line_and_exit_code_2(data_root, tmp_path, capsys):
     (root / "wider_face_split" / "wider_face_train_bbx_gt.txt").write_text("a/1.jpg\n1\n1 2 3\n")
     argv = ["--output-dir", str(tmp_path / "out"), "--strict", "--set", f"paths.wider_face={root}",
             "--set", f"paths.data_root={data_root}", "--set", "mtcnn.holdout_every=10"]
-    assert run(main, get_args_parser(), argv) == 2
+    assert run_script("train_mtcnn.py", argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "wider_face_train_bbx_gt.txt:3" in err and "expected 10 numbers" in err

@@ -16,17 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import prepare_training_data
-import test_system
-import train_facenet
-import train_matching
-import train_mtcnn
 from config import load_config
-from datasets.face_crops import load_training_crops
 from datasets.lfw import Pair, write_pairs
 from datasets.synthetic import generate_synthetic_set
+from tests.conftest import run_script
 from tests.test_reliability_resume import MTCNN_SPEC, write_identity_crops
-from utils.cli import run
+from training.facenet.crops import load_training_crops
 from utils.errors import BadInputLog
 from utils.images import read_image
 
@@ -219,21 +214,21 @@ def mixed_root(tmp_path_factory: pytest.TempPathFactory) -> dict:
 # --- running the scripts --------------------------------------------------------------------------------------
 
 
-def _run(module, argv: list[str], capsys: pytest.CaptureFixture, warns: bool = True) -> tuple[int, str, str]:
+def _run(script: str, argv: list[str], capsys: pytest.CaptureFixture, warns: bool = True) -> tuple[int, str, str]:
     """Run a script's command line in this process; (exit code, stdout, stderr). Skipped inputs warn by name."""
     capsys.readouterr()
     if warns:
         with pytest.warns(UserWarning, match="skipped"):
-            code = run(module.main, module.get_args_parser(), argv)
+            code = run_script(script, argv)
     else:
-        code = run(module.main, module.get_args_parser(), argv)
+        code = run_script(script, argv)
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def _strict_error(module, argv: list[str], capsys: pytest.CaptureFixture) -> str:
+def _strict_error(script: str, argv: list[str], capsys: pytest.CaptureFixture) -> str:
     """Run with --strict: exit code 2 and one error line (progress bars aside) naming the first bad input."""
-    code, _, err = _run(module, ["--strict", *argv], capsys, warns=False)
+    code, _, err = _run(script, ["--strict", *argv], capsys, warns=False)
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
@@ -265,7 +260,7 @@ def _sets(root: Path, items: list[str]) -> list[str]:
 def test_verify_reports_every_bad_input_by_file(mixed_root: dict, capsys: pytest.CaptureFixture) -> None:
     root = mixed_root["root"]
     argv = ["--verify", "--deep", "--only", "synthetic", *_sets(root, [])]
-    code, out, _ = _run(prepare_training_data, argv, capsys)
+    code, out, _ = _run("prepare_training_data.py", argv, capsys)
     assert code == 1, "problems found: exit code 1, after checking everything"
     problems = {entry["name"]: "\n".join(entry["problems"])
                 for entry in json.loads((root / "verify_report.json").read_text(encoding="utf-8"))}
@@ -282,7 +277,7 @@ def test_verify_reports_every_bad_input_by_file(mixed_root: dict, capsys: pytest
     valid_records = MTCNN_SPEC.train_scenes + len(mixed_root["wider"]["valid"]) + len(BAD_IMAGES)
     assert f"train images={valid_records}" in wider_row and f"train unreadable={len(BAD_IMAGES)}" in wider_row
 
-    error = _strict_error(prepare_training_data, argv, capsys)
+    error = _strict_error("prepare_training_data.py", argv, capsys)
     assert "wider_face_train_bbx_gt.txt:" in error and "few_fields.jpg" in error
 
 
@@ -291,7 +286,7 @@ def test_mtcnn_sample_generation_skips_bad_inputs_and_uses_every_valid_one(mixed
     root = mixed_root["root"]
     items = ["runtime.workers=0", "mtcnn.pnet.epochs=1", "mtcnn.pnet.steps_per_epoch=2", "mtcnn.pnet.batch_size=32"]
     argv = ["--stage", "pnet", "--no-eval", "--output-dir", str(tmp_path / "run"), *_sets(root, items)]
-    code, out, _ = _run(train_mtcnn, argv, capsys)
+    code, out, _ = _run("train_mtcnn.py", argv, capsys)
     assert code == 0
     used = MTCNN_SPEC.train_scenes + len(mixed_root["wider"]["valid"])
     assert f"images: {used} used, {len(BAD_IMAGES)} skipped" in out, "grey, 16-bit, CMYK and unicode-named scenes used"
@@ -303,7 +298,7 @@ def test_mtcnn_sample_generation_skips_bad_inputs_and_uses_every_valid_one(mixed
     assert f"landmarks_train.txt:{mixed_root['landmark_short_line']}" in summary
     assert json.loads((tmp_path / "run" / "report.json").read_text())["bad_inputs"] == 10
 
-    error = _strict_error(train_mtcnn, ["--stage", "pnet", "--no-eval", "--output-dir", str(tmp_path / "strict"),
+    error = _strict_error("train_mtcnn.py", ["--stage", "pnet", "--no-eval", "--output-dir", str(tmp_path / "strict"),
                                         *_sets(root, items)], capsys)
     assert "few_fields.jpg" in error
 
@@ -314,7 +309,7 @@ def embedder_run(mixed_root: dict, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("facenet_bad") / "run"
     argv = ["--output-dir", str(out), *_sets(mixed_root["root"], FACENET)]
     with pytest.warns(UserWarning, match="skipped"):
-        assert run(train_facenet.main, train_facenet.get_args_parser(), argv) == 0
+        assert run_script("train_facenet.py", argv) == 0
     return out
 
 
@@ -340,7 +335,7 @@ def test_facenet_skips_bad_crops_and_pairs_with_missing_images(mixed_root: dict,
     assert "José María 000" in classes
 
     argv = ["--output-dir", str(tmp_path / "strict"), *_sets(mixed_root["root"], FACENET)]
-    error = _strict_error(train_facenet, argv, capsys)
+    error = _strict_error("train_facenet.py", argv, capsys)
     assert any(str(p) in error for p in mixed_root["train_crops"]), error
 
 
@@ -356,13 +351,13 @@ def matcher_file(mixed_root: dict, embedder_run: Path) -> Path:
     """train_matching.py (aligned input) over the validation pairs with missing and bad images: the system's matcher."""
     output = embedder_run / "matcher.json"
     with pytest.warns(UserWarning, match="skipped"):
-        assert run(train_matching.main, train_matching.get_args_parser(), _matching_argv(mixed_root, embedder_run, output)) == 0
+        assert run_script("train_matching.py", _matching_argv(mixed_root, embedder_run, output)) == 0
     return output
 
 
 def test_matching_skips_missing_and_bad_pair_images(mixed_root: dict, embedder_run: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = _run(train_matching, _matching_argv(mixed_root, embedder_run, tmp_path / "matcher.json"), capsys)
+    code, out, _ = _run("train_matching.py", _matching_argv(mixed_root, embedder_run, tmp_path / "matcher.json"), capsys)
     assert code == 0 and (tmp_path / "matcher.json").is_file()
     report = json.loads((tmp_path / "matching" / "report.json").read_text(encoding="utf-8"))
     assert report["pairs_used"] == 12 and report["pairs_without_face"] == 4
@@ -370,7 +365,7 @@ def test_matching_skips_missing_and_bad_pair_images(mixed_root: dict, embedder_r
     assert not _names(summary, _pair_images(mixed_root, "val", "bad") + _pair_images(mixed_root, "val", "missing"))
     assert set(_pair_images(mixed_root, "val", "bad")) <= set(report["bad_input_files"])
 
-    error = _strict_error(train_matching, _matching_argv(mixed_root, embedder_run, tmp_path / "strict.json"), capsys)
+    error = _strict_error("train_matching.py", _matching_argv(mixed_root, embedder_run, tmp_path / "strict.json"), capsys)
     assert "pairs.txt:2:" in error and mixed_root["val"]["missing"][0] in error
 
 
@@ -383,7 +378,7 @@ def _system_argv(mixed_root: dict, embedder_run: Path, matcher: Path, gallery: P
 
 def test_system_check_skips_missing_and_bad_test_images(mixed_root: dict, embedder_run: Path, matcher_file: Path,
                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = _run(test_system, _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "gallery.pt"), capsys)
+    code, out, _ = _run("test_system.py", _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "gallery.pt"), capsys)
     assert code == 0, out[-2000:]
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert report["images"] == 8 * 3 + 2 and report["unreadable"] == 2, "every readable test image is analysed"
@@ -393,7 +388,7 @@ def test_system_check_skips_missing_and_bad_test_images(mixed_root: dict, embedd
     summary = out[out.index("bad input(s) skipped:"):]
     assert not _names(summary, _pair_images(mixed_root, "test", "bad") + _pair_images(mixed_root, "test", "missing"))
 
-    error = _strict_error(test_system, _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "strict.pt"), capsys)
+    error = _strict_error("test_system.py", _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "strict.pt"), capsys)
     assert "pairs.txt:2:" in error and mixed_root["test"]["missing"][0] in error
 
 
@@ -403,7 +398,7 @@ def test_align_skips_unreadable_photos_and_processes_every_valid_one(mixed_root:
     nets = [f"paths.{net}={pretrained_mtcnn / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
     argv = ["--align", "folder", "--align-src", str(source), "--align-dst", str(tmp_path / "out"),
             *_sets(mixed_root["root"], ["runtime.workers=0", "runtime.device=cpu", *nets])]
-    code, out, _ = _run(prepare_training_data, argv, capsys)
+    code, out, _ = _run("prepare_training_data.py", argv, capsys)
     assert code == 0
     report = json.loads((tmp_path / "out" / "train" / "align_report.json").read_text(encoding="utf-8"))
     photos = len([p for p in source.rglob("*") if p.is_file()])
@@ -414,5 +409,5 @@ def test_align_skips_unreadable_photos_and_processes_every_valid_one(mixed_root:
     assert not _names(out[out.index("bad input(s) skipped:"):], mixed_root["identities"])
 
     argv[argv.index(str(tmp_path / "out"))] = str(tmp_path / "strict")
-    error = _strict_error(prepare_training_data, argv, capsys)
+    error = _strict_error("prepare_training_data.py", argv, capsys)
     assert any(str(p) in error for p in mixed_root["identities"]), error

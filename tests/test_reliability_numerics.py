@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_facenet
-import train_mtcnn
+import training.facenet.epoch as epoch_module
+import training.facenet.triplet as triplet_module
+import training.mtcnn.loss as loss_module
 from datasets.synthetic import generate_synthetic_set
+from tests.conftest import run_script
 from tests.test_reliability_resume import MTCNN_SPEC, MTCNN_TINY, make_facenet_root
-from utils.cli import run
 
 FACENET = ["facenet.input_size=32", "facenet.width=0.25", "facenet.embedding_size=16", "facenet.identities_per_batch=4",
            "facenet.images_per_identity=4", "facenet.lr=0.01", "facenet.warmup_steps=2", "facenet.val_batch_size=64",
@@ -75,14 +76,14 @@ def _facenet(aligned: Path, out: Path, *flags: str) -> int:
     argv = ["--output-dir", str(out), "--set", f"paths.aligned={aligned}", *flags]
     for item in FACENET:
         argv += ["--set", item]
-    return run(train_facenet.main, train_facenet.get_args_parser(), argv)
+    return run_script("train_facenet.py", argv)
 
 
 def _poison_triplet_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, value: float, on_fault) -> None:
     """Make the ``at_call``-th training loss (one with a graph; validation losses have none) ``value``."""
     calls = {"n": 0}
 
-    class PoisonedTripletLoss(train_facenet.TripletLoss):
+    class PoisonedTripletLoss(triplet_module.TripletLoss):
         def __call__(self, *args, **kwargs):
             loss, stats = super().__call__(*args, **kwargs)
             if loss.requires_grad:
@@ -92,7 +93,7 @@ def _poison_triplet_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, value: f
                     loss = loss * value if math.isnan(value) else loss + value
             return loss, stats
 
-    monkeypatch.setattr(train_facenet, "TripletLoss", PoisonedTripletLoss)
+    monkeypatch.setattr(triplet_module, "TripletLoss", PoisonedTripletLoss)
 
 
 def test_facenet_infinite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
@@ -111,7 +112,7 @@ def test_facenet_infinite_loss_stops_with_one_line_and_keeps_the_last_checkpoint
 def test_facenet_skip_flag_skips_a_nan_batch_without_poisoning_batchnorm(
         aligned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A NaN batch of images: its forward pass moves the batch-norm running statistics to NaN, which a skip must undo.
-    epoch_of, augment = train_facenet.train_one_epoch, train_facenet.augment
+    epoch_of, augment = epoch_module.train_one_epoch, epoch_module.augment
     where = {"epoch": -1, "batch": 0}
 
     def track_epoch(model, loader, loss_fn, steps, device, epoch, *args, **kwargs):
@@ -126,8 +127,8 @@ def test_facenet_skip_flag_skips_a_nan_batch_without_poisoning_batchnorm(
                 out = torch.full_like(out, math.nan)
         return out
 
-    monkeypatch.setattr(train_facenet, "train_one_epoch", track_epoch)
-    monkeypatch.setattr(train_facenet, "augment", nan_second_batch_of_epoch_two)
+    monkeypatch.setattr(epoch_module, "train_one_epoch", track_epoch)
+    monkeypatch.setattr(epoch_module, "augment", nan_second_batch_of_epoch_two)
     with pytest.warns(RuntimeWarning, match=r"skipped a batch with a non-finite loss \(nan\) at epoch 2"):
         assert _facenet(aligned, tmp_path, "--skip-nonfinite") == 0
     rows = _rows(tmp_path / "metrics_train.csv")
@@ -151,14 +152,14 @@ def _mtcnn(data_root: Path, out: Path, *flags: str) -> int:
     argv = ["--stage", "pnet", "--no-eval", "--output-dir", str(out), "--set", f"paths.data_root={data_root}", *flags]
     for item in MTCNN:
         argv += ["--set", item]
-    return run(train_mtcnn.main, train_mtcnn.get_args_parser(), argv)
+    return run_script("train_mtcnn.py", argv)
 
 
 def _poison_mtcnn_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, value: float, on_fault=None) -> None:
     """Make the ``at_call``-th training loss (validation runs without a graph) ``value``."""
     calls = {"n": 0}
 
-    class PoisonedMTCNNLoss(train_mtcnn.MTCNNLoss):
+    class PoisonedMTCNNLoss(loss_module.MTCNNLoss):
         def forward(self, *args, **kwargs):
             parts = super().forward(*args, **kwargs)
             if parts.total.requires_grad:
@@ -169,7 +170,7 @@ def _poison_mtcnn_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, value: flo
                     parts = dataclasses.replace(parts, total=parts.total * value)
             return parts
 
-    monkeypatch.setattr(train_mtcnn, "MTCNNLoss", PoisonedMTCNNLoss)
+    monkeypatch.setattr(loss_module, "MTCNNLoss", PoisonedMTCNNLoss)
 
 
 def test_mtcnn_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(

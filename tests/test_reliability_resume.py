@@ -26,12 +26,11 @@ import numpy as np
 import pytest
 import torch
 
-import train_facenet
-import train_mtcnn
+import utils.training
 from datasets.lfw import Pair, write_pairs
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
-from tests.conftest import REPO
-from utils.cli import run
+from models.detector import STAGES
+from tests.conftest import REPO, run_script
 from utils.images import write_image
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -231,7 +230,7 @@ def facenet_unbroken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     root = tmp_path_factory.mktemp("facenet_resume")
     aligned = make_facenet_root(root / "aligned")
     with one_torch_thread():
-        assert run(train_facenet.main, train_facenet.get_args_parser(), facenet_argv(aligned, root / "unbroken")) == 0
+        assert run_script("train_facenet.py", facenet_argv(aligned, root / "unbroken")) == 0
     return aligned, root / "unbroken"
 
 
@@ -257,7 +256,7 @@ def test_facenet_sigkill_then_sigint_resume_to_the_same_weights(facenet_unbroken
     assert saved["epoch"] == 2 and 1 <= saved["batches_done"] < 10, "SIGINT saved the state inside epoch 3"
 
     capsys.readouterr()
-    assert run(train_facenet.main, train_facenet.get_args_parser(), facenet_argv(aligned, out, "--resume")) == 0
+    assert run_script("train_facenet.py", facenet_argv(aligned, out, "--resume")) == 0
     assert "epoch 3/3" in capsys.readouterr().out
     assert_same_training_state(checkpoint(out / "last.pt"), checkpoint(unbroken / "last.pt"))
     rows = (out / "metrics_train.csv").read_text().splitlines()
@@ -273,23 +272,23 @@ def mtcnn_unbroken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("mtcnn_resume")
     generate_synthetic_set(root / "data" / "synthetic_faces", MTCNN_SPEC, workers=1, progress=False)
     with one_torch_thread():
-        for stage in train_mtcnn.STAGES:
+        for stage in STAGES:
             argv = mtcnn_argv(root / "data", root / "unbroken", stage)
-            assert run(train_mtcnn.main, train_mtcnn.get_args_parser(), argv) == 0
+            assert run_script("train_mtcnn.py", argv) == 0
     return root / "data", root / "unbroken"
 
 
 def _copy_inputs(stage: str, unbroken: Path, out: Path) -> None:
     """Give a new run folder the unbroken run's earlier nets and this stage's finished sample stores (the same
     bytes a fresh run would write: a store is regenerated only when its settings or earlier nets differ)."""
-    for earlier in train_mtcnn.STAGES[:train_mtcnn.STAGES.index(stage)]:
+    for earlier in STAGES[:STAGES.index(stage)]:
         (out / earlier).mkdir(parents=True)
         shutil.copy2(unbroken / earlier / "best.pt", out / earlier / "best.pt")
     for split in ("train", "val"):
         shutil.copytree(unbroken / "samples" / f"{stage}_{split}", out / "samples" / f"{stage}_{split}")
 
 
-@pytest.mark.parametrize("stage", train_mtcnn.STAGES)
+@pytest.mark.parametrize("stage", STAGES)
 def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, mtcnn_unbroken: tuple[Path, Path],
                                                                     tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,9 +311,9 @@ def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, 
         err, printed = interrupted.text("err"), interrupted.text("out")
         assert err.rstrip().endswith("interrupted")
     else:  # the same handler, the signal sent by this process to itself in the 5th batch of epoch 3
-        sigint_after(train_mtcnn, "check_finite", steps + 5, monkeypatch)
+        sigint_after(utils.training, "check_finite", steps + 5, monkeypatch)
         capsys.readouterr()
-        code = run(train_mtcnn.main, train_mtcnn.get_args_parser(), mtcnn_argv(data_root, out, stage, "--resume"))
+        code = run_script("train_mtcnn.py", mtcnn_argv(data_root, out, stage, "--resume"))
         monkeypatch.undo()
         printed, err = capsys.readouterr()
         assert code == 130, err[-2000:]
@@ -327,7 +326,7 @@ def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, 
 
     capsys.readouterr()
     argv = mtcnn_argv(data_root, out, stage, "--resume")
-    assert run(train_mtcnn.main, train_mtcnn.get_args_parser(), argv) == 0
+    assert run_script("train_mtcnn.py", argv) == 0
     assert f"[{stage}] epoch 3/3" in capsys.readouterr().out
     assert (out / stage / "done.json").is_file()
     assert_same_training_state(checkpoint(out / stage / "last.pt"), checkpoint(unbroken / stage / "last.pt"))

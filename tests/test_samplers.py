@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from datasets.samplers import PKBatchSampler
+from training.facenet.samplers import PKBatchSampler
 from utils.errors import ConfigError
 
 

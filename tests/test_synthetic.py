@@ -11,15 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import datasets.synthetic as synthetic
+import datasets.synthetic.generator as synthetic
 from datasets.identity import IdentityFolder
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.lfw import check_pairs_images, read_pairs
-from datasets.synthetic import (MANIFEST, SyntheticSpec, eigenfaces_baseline, generate_synthetic_set, identity_look,
-                                make_contact_sheet)
-from datasets.synthetic_looks import HAIR_COLOURS, SKIN_TONES, sample_look, sample_variation
-from datasets.synthetic_render import FaceModel, composite_face
-from datasets.synthetic_scene import SceneSettings, render_scene
+from datasets.synthetic import (
+    MANIFEST,
+    SyntheticSpec,
+    eigenfaces_baseline,
+    generate_synthetic_set,
+    identity_look,
+    make_contact_sheet,
+)
+from datasets.synthetic.looks import HAIR_COLOURS, SKIN_TONES, sample_look, sample_variation
+from datasets.synthetic.render import FaceModel, composite_face
+from datasets.synthetic.scene import SceneSettings, render_scene
 from datasets.wider import read_wider_annotations, wider_split_paths
 from utils.errors import DataError
 

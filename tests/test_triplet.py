@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.samplers import PKBatchSampler
+from training.facenet.samplers import PKBatchSampler
+from training.facenet.triplet import MINING_METHODS, TripletLoss, pairwise_distances, triplet_loss
 from utils.metrics import pair_scores, verification_metrics
-from utils.triplet import MINING_METHODS, TripletLoss, pairwise_distances, triplet_loss
 
 # Four 1-D points: identity 0 at 0 and 1, identity 1 at 1.5 and 4. Plain distances:
 # d01=1, d02=1.5, d03=4, d12=0.5, d13=3, d23=2.5. With margin 1 the eight valid triplets (a, p, n) have hinges

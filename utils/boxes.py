@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image
-from torchvision.ops import nms as box_nms
+from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image, nms as box_nms
 
 NMS_MODES = ("union", "min")
 
@@ -31,6 +30,17 @@ def box_sizes(boxes: Tensor, inclusive: bool = False) -> tuple[Tensor, Tensor]:
     """Widths and heights of ``[N, 4]`` boxes under the given size convention."""
     extra = 1.0 if inclusive else 0.0
     return boxes[:, 2] - boxes[:, 0] + extra, boxes[:, 3] - boxes[:, 1] + extra
+
+
+def boxes_outside_image(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, list[str]]:
+    """Which boxes of positive size reach more than a pixel outside a ``width`` x ``height`` image, and one
+    problem line for each: the sample generator skips such a face, and the dataset check reports it."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    zero = (boxes[:, 2] - boxes[:, 0] <= 0) | (boxes[:, 3] - boxes[:, 1] <= 0)
+    outside = ~zero & ((boxes[:, 0] < -1) | (boxes[:, 1] < -1) | (boxes[:, 2] > width + 1) | (boxes[:, 3] > height + 1))
+    problems = [f"face {i + 1} box {np.round(boxes[i], 1).tolist()} is outside the {width}x{height} image"
+                for i in np.flatnonzero(outside)]
+    return outside, problems
 
 
 def square_boxes(boxes: Tensor) -> Tensor:

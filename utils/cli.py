@@ -5,10 +5,11 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from config import Config, load_config
 from utils.errors import ToolkitError
+
+ConfigT = TypeVar("ConfigT")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,8 +41,9 @@ def detector_overrides(folder: str | Path | None) -> list[str]:
     return [f"paths.{net}={Path(folder) / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the validated config from ``--config``/``--set`` and the shortcut flags."""
+def config_from_args(args: argparse.Namespace, load: Callable[[str | None, list[str]], ConfigT]) -> ConfigT:
+    """Build the validated config with ``load`` (``config.load_config``) from ``--config``/``--set`` and the
+    shortcut flags; the loader is passed in so that this plumbing does not depend on the config module."""
     items = list(args.set_items)
     if args.device is not None:
         items.append(f"runtime.device={args.device}")
@@ -49,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         items.append(f"runtime.seed={args.seed}")
     if args.strict:
         items.append("runtime.strict=true")
-    return load_config(args.config, items)
+    return load(args.config, items)
 
 
 def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

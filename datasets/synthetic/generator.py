@@ -14,7 +14,7 @@ Layout under ``out_dir``::
 Every picture has its own random generator seeded by (seed, kind, split, index), so worker processes
 produce byte-identical files in any order. Images and lists are written atomically; a regeneration first
 marks the folder as in progress and removes the previous set, so a crash never leaves a mixed set that
-looks complete. ``eigenfaces_baseline`` and ``make_contact_sheet`` (from ``datasets.synthetic_eval``) check
+looks complete. ``eigenfaces_baseline`` and ``make_contact_sheet`` (from ``datasets.synthetic.eval``) check
 a generated set.
 """
 from __future__ import annotations
@@ -32,9 +32,16 @@ from tqdm import tqdm
 
 from datasets.landmarks import LandmarkAnnotation, write_landmark_list
 from datasets.lfw import Pair, lfw_image_path, write_pairs
-from datasets.synthetic_eval import IDENTITY_LANDMARKS, SCENE_LANDMARKS, eigenfaces_baseline, make_contact_sheet
-from datasets.synthetic_items import (Item, SyntheticSpec, identity_look, identity_name, init_worker, item_rng,
-                                      render_item)
+from datasets.synthetic.eval import IDENTITY_LANDMARKS, SCENE_LANDMARKS, eigenfaces_baseline, make_contact_sheet
+from datasets.synthetic.items import (
+    Item,
+    SyntheticSpec,
+    identity_look,
+    identity_name,
+    init_worker,
+    item_rng,
+    render_item,
+)
 from datasets.wider import WiderAnnotation, wider_split_paths, write_wider_annotations
 from utils.atomic import atomic_write_text
 from utils.errors import DataError

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from datasets.synthetic_looks import HAIR_COLOURS, SKIN_TONES, FaceLook, sample_variation
-from datasets.synthetic_render import FaceModel, FacePlacement, composite_face
+from datasets.synthetic.looks import HAIR_COLOURS, SKIN_TONES, FaceLook, sample_variation
+from datasets.synthetic.render import FaceModel, FacePlacement, composite_face
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 

@@ -14,7 +14,7 @@ Targets are box offsets over the crop size and landmarks ``x1..x5, y1..y5`` rela
 (``utils.boxes``) against the box the cascade decodes that crop's outputs with (``target_frame``), so a
 trained net's outputs land where the detector puts them. Half of the random and landmark crops are
 mirrored (image and geometry). Samples are written to a packed, sharded, memory-mapped store
-(``datasets.packed``) by worker processes, a shard per task; finished shards survive an interruption.
+(``training.mtcnn.packed``) by worker processes, a shard per task; finished shards survive an interruption.
 """
 from __future__ import annotations
 
@@ -36,11 +36,21 @@ from tqdm.auto import tqdm
 
 from config import MTCNNConfig, MTCNNStageConfig
 from datasets.decoding import decoded_batches, keep_batch
-from datasets.packed import (LANDMARK, NEGATIVE, PART, POSITIVE, concat_samples, count_kinds,
-                             read_manifest, shard_is_complete, write_manifest, write_shard)
+from training.mtcnn.packed import (
+    LANDMARK,
+    NEGATIVE,
+    PART,
+    POSITIVE,
+    concat_samples,
+    count_kinds,
+    read_manifest,
+    shard_is_complete,
+    write_manifest,
+    write_shard,
+)
 from utils.area_resize import crop_resize, integral_image
 from utils.atomic import atomic_write_text
-from utils.boxes import box_regression_targets, encode_landmarks
+from utils.boxes import box_regression_targets, boxes_outside_image, encode_landmarks
 from utils.errors import BadInputLog, DataError
 from utils.images import read_image
 
@@ -248,12 +258,10 @@ def select_faces(item: DetectionItem, width: int, height: int, min_face_size: fl
     boxes = np.asarray(item.boxes, dtype=np.float64).reshape(-1, 4)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     zero = (w <= 0) | (h <= 0)
-    outside = ~zero & ((boxes[:, 0] < -1) | (boxes[:, 1] < -1) | (boxes[:, 2] > width + 1) | (boxes[:, 3] > height + 1))
+    outside, problems = boxes_outside_image(boxes, width, height)
     invalid = ~zero & ~np.asarray(item.valid, dtype=bool)
     small = ~zero & ~invalid & ~outside & (np.maximum(w, h) < min_face_size)
     usable = ~zero & ~invalid & ~outside & ~small
-    problems = [f"face {i + 1} box {np.round(boxes[i], 1).tolist()} is outside the {width}x{height} image"
-                for i in np.flatnonzero(outside)]
     clipped = boxes.copy()
     clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
     clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from datasets.synthetic_looks import Colour, FaceLook, FaceVariation
+from datasets.synthetic.looks import Colour, FaceLook, FaceVariation
 
 PATCH_LEFT, PATCH_RIGHT, PATCH_TOP, PATCH_BOTTOM = -1.05, 1.05, -1.1, 1.45  # drawing area, face units
 MIN_DRAW_SCALE = 40.0  # faces smaller than this are drawn at this size, then reduced (anti-aliasing)

@@ -1,6 +1,6 @@
 """MTCNN's multi-task loss (Zhang et al. 2016) with online hard example mining on the classification term.
 
-Each sample is one type (datasets.packed: negative, positive, part, landmark) and feeds only the terms
+Each sample is one type (training.mtcnn.packed: negative, positive, part, landmark) and feeds only the terms
 that type has a target for: face classification on positives and negatives, box regression on
 positives and parts, landmark regression on landmark samples. Per stage the three terms are weighted
 (P 1/0.5/0.5, R 1/0.5/0.5, O 1/0.5/1 in the paper). OHEM keeps the hardest ``ohem_ratio`` of the
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.packed import LANDMARK, NEGATIVE, PART, POSITIVE
+from training.mtcnn.packed import LANDMARK, NEGATIVE, PART, POSITIVE
 
 
 @dataclass

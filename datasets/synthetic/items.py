@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.synthetic_looks import FaceLook, sample_look
-from datasets.synthetic_scene import SceneSettings, render_portrait, render_scene
+from datasets.synthetic.looks import FaceLook, sample_look
+from datasets.synthetic.scene import SceneSettings, render_portrait, render_scene
 from utils.images import write_image
 
 _POOLS = {"scene": 0, "train": 1, "val": 2, "test": 3, "landmark_train": 4, "landmark_test": 5}  # disjoint looks

@@ -1,9 +1,9 @@
 """Export P-Net, R-Net, O-Net and the embedder to ONNX, check each against PyTorch on real photos, and quantize
 the embedder to int8.
 
-    python -m utils.export                                  # the four nets into paths.onnx, checked
-    python -m utils.export --int8                           # ... plus embedder_int8.onnx (calibrated)
-    python -m utils.export --set paths.pnet=../shared/pretrained/mtcnn_facenet_pytorch ... --nets pnet rnet onet
+    python -m deploy.export                                  # the four nets into paths.onnx, checked
+    python -m deploy.export --int8                           # ... plus embedder_int8.onnx (calibrated)
+    python -m deploy.export --set paths.pnet=../shared/pretrained/mtcnn_facenet_pytorch ... --nets pnet rnet onet
 
 Each net goes through ``torch.onnx.export`` (the dynamo exporter; P-Net with dynamic batch, height and width,
 the others with a dynamic batch) into memory, then onnxruntime runs it on the very inputs the PyTorch cascade
@@ -36,17 +36,29 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from config import load_config
+from datasets.identity import IdentityFolder
+from models.alignment import align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
 from models.embedder import Embedder
 from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, NetOutput
-from models.onnx_nets import (EMBEDDER_OUTPUT, INPUT_NAME, MTCNN_OUTPUTS, ONNX_FILES, SIDECAR_FORMAT, make_session,
-                              require, sidecar_path)
+from models.onnx_nets import (
+    EMBEDDER_OUTPUT,
+    INPUT_NAME,
+    MTCNN_OUTPUTS,
+    ONNX_FILES,
+    SIDECAR_FORMAT,
+    make_session,
+    require,
+    sidecar_path,
+)
 from models.system import read_embedder, resize_crops
 from models.weights import load_net, resolve_weights
-from utils.align import align_faces
+from training.facenet.crops import FaceCrops, augment, training_side
 from utils.atomic import atomic_path, atomic_write_text
 from utils.boxes import detection_agreement
 from utils.checkpoint import load_checkpoint
+from utils.cli import add_config_args, config_from_args, run
 from utils.errors import BadInputLog, DataError, ToolkitError
 from utils.hashing import sha256_file
 from utils.images import IMAGE_EXTENSIONS, read_image
@@ -335,9 +347,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Tensor, method: 
 def calibration_faces(config: Any, root: Path, count: int, input_size: int, seed: int = 0) -> Tensor:
     """``count`` aligned training crops from the identity folders under ``root`` (drawn evenly at random), cut as
     training's validation crops are (centre of the train_size framing, at ``input_size``): float 0..255."""
-    from datasets.identity import IdentityFolder
-    from datasets.face_crops import FaceCrops, augment, training_side
-
     folder = IdentityFolder(root)
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(folder.samples), size=min(count, len(folder.samples)), replace=False))
@@ -353,10 +362,8 @@ def calibration_faces(config: Any, root: Path, count: int, input_size: int, seed
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line (every flag explained in ``--help``)."""
-    from utils.cli import add_config_args
-
     parser = argparse.ArgumentParser(
-        prog="python -m utils.export",
+        prog="python -m deploy.export",
         description="Export P-Net, R-Net, O-Net and the embedder to ONNX (P-Net: dynamic batch, height, width; the "
                     "others: dynamic batch), check each against PyTorch with onnxruntime on real photos, and write "
                     "NAME.onnx + NAME.json (config, source checkpoint and its SHA-256, the check) atomically. "
@@ -484,9 +491,7 @@ def _format_check(meta: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Export the requested nets, check each, print the report; returns the exit code."""
-    from utils.cli import config_from_args
-
-    config = config_from_args(args)
+    config = config_from_args(args, load_config)
     for name in ("onnx", "onnxscript", "onnxruntime"):
         require(name)
     if args.threads > 0:
@@ -535,6 +540,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import run
-
     raise SystemExit(run(main, get_args_parser()))
