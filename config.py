@@ -1,22 +1,68 @@
-"""Every path and hyperparameter of the toolkit, as typed dataclasses, one section per stage.
+"""Every path and hyperparameter of the toolkit, as typed dataclasses, one section per stage: plain data.
 
 Scripts build a ``Config`` with ``load_config(file, set_items)``: defaults below, then a JSON or Python
-override file (``--config FILE``), then ``--set section.key=value`` items. Unknown keys and wrong types
-are one-line errors. The defaults train on the built-in synthetic set (``prepare_training_data.py``
-writes it); point the ``paths`` section at real datasets to train on them (README: "Real datasets").
+override file (``--config FILE``), then ``--set section.key=value`` items. Unknown keys, wrong types and
+values outside a key's declared range are one-line errors, raised before anything is read or written. The
+defaults train on the built-in synthetic set (``prepare_training_data.py`` writes it); point the ``paths``
+section at real datasets to train on them (README: "Real datasets").
 
-Paths may use ``{data_root}`` and ``{runs_dir}``; ``Config.path(name)`` expands them.
+Each set of allowed string values is declared once below as a ``Literal`` type, which the modules that act
+on the value import from here; each numeric or list key's range is declared beside it as
+``Annotated[type, check]`` (``utils.config_io``). This module imports only the standard library and
+``utils``. Paths may use ``{data_root}`` and ``{runs_dir}``; ``Config.path(name)`` expands them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-from datasets.synthetic import SyntheticSpec
-from models.embedder import STANDARDIZATIONS
-from models.matcher import GALLERY_SCORINGS
-from utils.config_io import apply_overrides, parse_set_options, read_override_file
+from utils.config_io import (
+    Check,
+    above,
+    apply_overrides,
+    at_least,
+    between,
+    check_values,
+    each,
+    non_empty,
+    one_of,
+    parse_set_options,
+    read_override_file,
+)
 from utils.errors import ConfigError
+
+# --- allowed values: each set declared once; models, datasets and training import these --------------------
+DetectorBackend = Literal["torch", "onnx"]  # PyTorch modules, or the exported files on ONNX Runtime
+EmbedderBackend = Literal["torch", "torch_fp16", "onnx", "onnx_int8"]
+MatchingMethod = Literal["threshold", "classifier", "both"]
+ThresholdMetric = Literal["cosine", "euclidean"]  # cosine: same when >= threshold; euclidean: same when <=
+Classifier = Literal["logistic", "linear_svm"]
+Calibration = Literal["sigmoid", "isotonic"]
+GalleryScoring = Literal["best", "template"]  # an identity's score: its best embedding | its mean embedding
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["cosine", "step", "constant"]
+AlignMethod = Literal["similarity", "box"]  # 5-point similarity transform | the detection box
+FaceSelection = Literal["largest", "central"]  # which face of a photo is its main face
+Backbone = Literal["mobilefacenet", "inception_resnet_v1"]
+Standardization = Literal["fixed", "per_image"]
+TripletMining = Literal["semi_hard", "batch_hard", "batch_all"]
+SmallIdentities = Literal["replace", "skip"]
+
+# --- ranges shared by many keys (a range used once sits beside its field) -------------------------------------
+Count = Annotated[int, at_least(0)]
+PositiveCount = Annotated[int, at_least(1)]
+NonNegative = Annotated[float, at_least(0)]
+Positive = Annotated[float, above(0)]
+Probability = Annotated[float, between(0, 1)]
+OpenProbability = Annotated[float, between(0, 1, open_low=True, open_high=True)]
+Overlap = Annotated[float, between(0, 1, open_low=True)]  # an IoU threshold
+Momentum = Annotated[float, between(0, 1, open_high=True)]
+Thresholds = Annotated[tuple[float, float, float], each(between(0, 1))]  # P-, R-, O-Net score thresholds
+# The range every consumer of a seed accepts: scikit-learn's random_state and NumPy's legacy seeding stop at
+# 2**32 - 1 (torch.manual_seed goes to 2**64 - 1, so the derived per-stage seeds stay valid as well).
+Seed = Annotated[int, between(0, 2**32 - 1)]
+SizeRange = Annotated[tuple[int, int], Check("two sizes with 1 <= low <= high", lambda v: 1 <= v[0] <= v[1])]
 
 
 @dataclass
@@ -60,91 +106,120 @@ class PathsConfig:
 class RuntimeConfig:
     """Device, reproducibility and data-loading settings shared by every script."""
 
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    workers: int = 2
+    device: Annotated[str, Check("auto, cpu, cuda or cuda:N", lambda v: v in ("auto", "cpu", "cuda")
+                                 or v.startswith("cuda:"))] = "auto"
+    seed: Seed = 0
+    workers: Count = 2
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     strict: bool = False  # stop at the first bad input instead of skipping and counting it
     deterministic: bool = False  # cudnn deterministic kernels (slower)
 
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Sizes of the synthetic set (``datasets.synthetic`` writes it). The defaults (750 scenes, 600 x 8 identity
+    photos, 80 + 40 x 8 pair-set photos, 2,400 landmark crops) take about 90 seconds with 2 workers on an idle
+    2-core machine."""
+
+    seed: Seed = 0
+    train_scenes: Count = 600  # WIDER_train pictures
+    val_scenes: Count = 150  # WIDER_val pictures
+    scene_sizes: Annotated[tuple[tuple[int, int], ...], non_empty, each(
+        Check("a (width, height) pair of sides >= 1", lambda v: min(v) >= 1))] = (
+        (640, 480), (560, 420), (480, 360), (480, 640), (360, 480))
+    max_faces_per_scene: Count = 8
+    empty_scene_fraction: Probability = 0.08  # scenes with no face at all
+    min_face: Annotated[int, at_least(8)] = 12  # face box height range in scenes, pixels (hairline to chin)
+    max_face: PositiveCount = 250
+    scene_identities: PositiveCount = 300  # people who appear in scenes
+    train_identities: Annotated[int, at_least(2)] = 600  # identities/<id>/ folders (VGGFace2 shape)
+    images_per_identity: Annotated[int, at_least(2)] = 8
+    identity_width: SizeRange = (180, 260)  # identity photo size ranges, pixels
+    identity_height: SizeRange = (200, 300)
+    val_identities: Annotated[int, at_least(2)] = 80  # lfw_val: held-out people, pairs for validation / threshold tuning
+    val_images_per_identity: Annotated[int, at_least(2)] = 8
+    val_folds: PositiveCount = 10
+    val_pairs_per_fold: PositiveCount = 30  # same pairs per fold (and as many different ones)
+    test_identities: Annotated[int, at_least(2)] = 40  # lfw_test: other held-out people, for the end-to-end system test
+    test_images_per_identity: Annotated[int, at_least(2)] = 8
+    test_folds: PositiveCount = 10
+    test_pairs_per_fold: PositiveCount = 30
+    lfw_image_size: PositiveCount = 160  # square pair-set photos, face roughly centred
+    landmark_train: Count = 2000  # landmark crops (lfw_5590 80 px style)
+    landmark_test: Count = 400
+    landmark_image_size: PositiveCount = 80
+    jpeg_quality: Annotated[tuple[int, int], Check("two qualities with 1 <= low <= high <= 100",
+                                                   lambda v: 1 <= v[0] <= v[1] <= 100)] = (72, 95)
+
+    def __post_init__(self) -> None:
+        check_values(self, "synthetic.")
+        self.validate()
+
     def validate(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"config key 'runtime.device': {self.device!r} is not auto, cpu, cuda or cuda:N")
-        if self.workers < 0:
-            raise ConfigError("config key 'runtime.workers': must be >= 0")
+        """Refuse sizes that cannot produce a usable set (one line naming the keys)."""
+        if self.max_face < self.min_face:
+            raise ConfigError(f"config keys 'synthetic.min_face' <= 'synthetic.max_face' required, got {self.min_face}, "
+                              f"{self.max_face}")
+        for split in ("val", "test"):
+            ids, images = getattr(self, f"{split}_identities"), getattr(self, f"{split}_images_per_identity")
+            folds, per_fold = getattr(self, f"{split}_folds"), getattr(self, f"{split}_pairs_per_fold")
+            if ids < 2 * folds:
+                raise ConfigError(f"config keys 'synthetic.{split}_*': need >= 2 identities per fold ({ids} identities "
+                                  f"for {folds} folds)")
+            smallest = ids // folds
+            if smallest * images * (images - 1) // 2 < per_fold:
+                raise ConfigError(f"config keys 'synthetic.{split}_*': {per_fold} same pairs per fold need more images "
+                                  "or identities per fold")
+            if smallest * (smallest - 1) // 2 * images * images < 2 * per_fold:
+                raise ConfigError(f"config keys 'synthetic.{split}_*': {per_fold} different pairs per fold need more "
+                                  "identities per fold")
 
 
 @dataclass
 class DetectorConfig:
     """MTCNN cascade inference settings (Zhang et al. 2016 defaults)."""
 
-    min_face_size: float = 20.0
-    scale_factor: float = 0.709
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    nms_pnet_scale: float = 0.5  # NMS within one pyramid scale
-    nms_pnet: float = 0.7  # NMS across scales
-    nms_rnet: float = 0.7
-    nms_onet: float = 0.7  # "min" overlap at the output stage
+    min_face_size: Annotated[float, at_least(12)] = 20.0  # P-Net's input side is the smallest face it finds
+    scale_factor: OpenProbability = 0.709
+    thresholds: Thresholds = (0.6, 0.7, 0.7)
+    nms_pnet_scale: Probability = 0.5  # NMS within one pyramid scale
+    nms_pnet: Probability = 0.7  # NMS across scales
+    nms_rnet: Probability = 0.7
+    nms_onet: Probability = 0.7  # "min" overlap at the output stage
     fp16: bool = False  # half precision on CUDA
-    max_crops_per_batch: int = 512  # R-Net crops per forward (O-Net: a quarter): bounds memory; 512 measured fastest on CPU
-    backend: str = "torch"  # torch (paths.pnet/rnet/onet) | onnx (the exported files in paths.onnx, on ONNX Runtime)
-
-    def validate(self) -> None:
-        if self.backend not in ("torch", "onnx"):
-            raise ConfigError(f"config key 'detector.backend': {self.backend!r} is not torch or onnx")
-        if self.min_face_size < 12:
-            raise ConfigError("config key 'detector.min_face_size': must be >= 12 (P-Net's input size)")
-        if not 0.0 < self.scale_factor < 1.0:
-            raise ConfigError("config key 'detector.scale_factor': must be between 0 and 1")
-        if not all(0.0 <= t <= 1.0 for t in self.thresholds):
-            raise ConfigError("config key 'detector.thresholds': each must be in [0, 1]")
+    max_crops_per_batch: PositiveCount = 512  # R-Net crops per forward (O-Net: a quarter): bounds memory; 512 measured fastest on CPU
+    backend: DetectorBackend = "torch"  # torch (paths.pnet/rnet/onet) | onnx (the exported files in paths.onnx, on ONNX Runtime)
 
 
 @dataclass
 class SystemConfig:
     """End-to-end check (test_system.py): floors each metric must reach, else a non-zero exit."""
 
-    min_detection_recall: float = 0.95
-    min_verification_accuracy: float = 0.95
-    min_identification_top1: float = 0.90
-    max_impostor_accept_rate: float = 0.05
-    gallery_images_per_identity: int = 4
-    distractor_identities: int = 0
+    min_detection_recall: Probability = 0.95
+    min_verification_accuracy: Probability = 0.95
+    min_identification_top1: Probability = 0.90
+    max_impostor_accept_rate: Probability = 0.05
+    gallery_images_per_identity: PositiveCount = 4
+    distractor_identities: Count = 0
     # Identification protocol (open set): this share of the test identities is left out of the gallery, and
     # their probes must be rejected; distractors (MegaFace-style) are extra gallery identities from this
     # identity-folder tree ('' = none), at most distractor_identities of them.
-    unknown_fraction: float = 0.25
+    unknown_fraction: Annotated[float, between(0, 1, open_high=True)] = 0.25
     distractors: str = ""
-    max_probes_per_identity: int = 0  # 0: every image not enrolled is a probe
+    max_probes_per_identity: Count = 0  # 0: every image not enrolled is a probe
     # Identification threshold: the stricter of the matcher's own and the one at which about this share of
     # probes of people not in the gallery is accepted (per-comparison FAR 1 - (1 - r)^(1 / gallery embeddings),
     # read off the matcher's validation false-accept curve); 0 uses the matcher's own threshold.
-    impostor_accept_target: float = 0.05
+    impostor_accept_target: Probability = 0.05
     # Inference batching and test-time augmentation.
-    detect_batch_images: int = 8
-    embed_batch_size: int = 32
+    detect_batch_images: PositiveCount = 8
+    embed_batch_size: PositiveCount = 32
     # Embed each face and its mirror image (sum of both, re-normalised). train_matching.py embeds its pairs the
     # same way, so the thresholds it calibrates hold for the embeddings the system compares.
     flip: bool = True
     # How the embedder runs: torch (paths.embedder) | torch_fp16 (half precision on CUDA; fp32 on the CPU) |
     # onnx | onnx_int8 (paths.onnx embedder.onnx / embedder_int8.onnx on ONNX Runtime; python -m deploy.export).
-    embedder_backend: str = "torch"
-
-    def validate(self) -> None:
-        if self.embedder_backend not in ("torch", "torch_fp16", "onnx", "onnx_int8"):
-            raise ConfigError(f"config key 'system.embedder_backend': {self.embedder_backend!r} is not torch, "
-                              "torch_fp16, onnx or onnx_int8")
-        rates = ("min_detection_recall", "min_verification_accuracy", "min_identification_top1",
-                 "max_impostor_accept_rate", "impostor_accept_target")
-        if any(not 0.0 <= getattr(self, name) <= 1.0 for name in rates):
-            raise ConfigError(f"config keys 'system.{{{', '.join(rates)}}}': each must be in [0, 1]")
-        if not 0.0 <= self.unknown_fraction < 1.0:
-            raise ConfigError("config key 'system.unknown_fraction': must be in [0, 1)")
-        if self.gallery_images_per_identity < 1 or self.distractor_identities < 0 or self.max_probes_per_identity < 0:
-            raise ConfigError("config keys 'system.gallery_images_per_identity' >= 1, 'distractor_identities' and "
-                              "'max_probes_per_identity' >= 0 required")
-        if self.detect_batch_images < 1 or self.embed_batch_size < 1:
-            raise ConfigError("config keys 'system.detect_batch_images' and 'system.embed_batch_size' must be >= 1")
+    embedder_backend: EmbedderBackend = "torch"
 
 
 @dataclass
@@ -152,76 +227,56 @@ class MatchingConfig:
     """Verification matcher (train_matching.py): a threshold chosen by k-fold CV on validation pairs and/or a
     calibrated classifier on pair features; saved as paths.matcher beside the embedder checkpoint."""
 
-    method: str = "both"  # threshold | classifier | both (fit each, compare on the same folds, keep the better)
-    metric: str = "cosine"  # threshold matcher: cosine (same when >= threshold) | euclidean (same when <=)
-    folds: int = 0  # 0: the pairs file's folds (10 for LFW View 2; a one-fold file is cut into 10 blocks)
-    far_targets: tuple[float, ...] = (1e-2, 1e-3)  # report the thresholds and TAR at these false-accept rates
-    classifier: str = "logistic"  # logistic | linear_svm (scikit-learn, on |a-b|, a*b, cosine, distance)
-    classifier_c: float = 0.0  # regularisation strength; 0: chosen by identity-disjoint cross-validation
-    calibration: str = "sigmoid"  # sigmoid (Platt) | isotonic
-    calibration_folds: int = 5  # identity-disjoint folds for calibration and the choice of C
-    pairs_per_identity: int = 20  # same-person pairs per identity (as many different-person pairs in all)
+    method: MatchingMethod = "both"  # fit each, compare on the same folds, keep the better
+    metric: ThresholdMetric = "cosine"  # the threshold matcher's score
+    # 0: the pairs file's folds (10 for LFW View 2; a one-fold file is cut into 10 blocks)
+    folds: Annotated[int, Check("that is 0 (the pairs file's folds) or >= 2", lambda v: v == 0 or v >= 2)] = 0
+    # report the thresholds and TAR at these false-accept rates
+    far_targets: Annotated[tuple[float, ...], non_empty, each(between(0, 1, open_low=True, open_high=True))] = (
+        1e-2, 1e-3)
+    classifier: Classifier = "logistic"  # scikit-learn, on |a-b|, a*b, cosine, distance
+    classifier_c: NonNegative = 0.0  # regularisation strength; 0: chosen by identity-disjoint cross-validation
+    calibration: Calibration = "sigmoid"  # sigmoid (Platt) | isotonic
+    calibration_folds: Annotated[int, at_least(2)] = 5  # identity-disjoint folds for calibration and the choice of C
+    pairs_per_identity: PositiveCount = 20  # same-person pairs per identity (as many different-person pairs in all)
     identities: str = ""  # identity folders the classifier's pairs come from; '' = paths.val_images
     # Open-set calibration: galleries of half the validation identities (system.gallery_images_per_identity
     # images each) probed by the other half, this many times; sets the identification threshold. 0 = off.
-    open_set_rounds: int = 20
+    open_set_rounds: Count = 20
     # How a gallery identity with several photos is scored: best (its closest embedding) | template (the
     # re-normalised mean of its embeddings). Stored in the matcher file; the system scores galleries this way.
-    gallery_scoring: str = "template"
-    embed_batch_size: int = 32
-
-    def validate(self) -> None:
-        choices = {"method": ("threshold", "classifier", "both"), "metric": ("cosine", "euclidean"),
-                   "gallery_scoring": GALLERY_SCORINGS,
-                   "classifier": ("logistic", "linear_svm"), "calibration": ("sigmoid", "isotonic")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"config key 'matching.{key}': {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        if self.folds == 1 or self.folds < 0:
-            raise ConfigError("config key 'matching.folds': 0 (the pairs file's) or at least 2")
-        if not all(0.0 < far < 1.0 for far in self.far_targets):
-            raise ConfigError("config key 'matching.far_targets': each must be in (0, 1)")
-        if self.open_set_rounds < 0:
-            raise ConfigError("config key 'matching.open_set_rounds': must be >= 0")
-        if self.classifier_c < 0 or self.calibration_folds < 2 or self.pairs_per_identity < 1 or self.embed_batch_size < 1:
-            raise ConfigError("config keys 'matching.classifier_c' >= 0, 'calibration_folds' >= 2, "
-                              "'pairs_per_identity' >= 1 and 'embed_batch_size' >= 1 required")
+    gallery_scoring: GalleryScoring = "template"
+    embed_batch_size: PositiveCount = 32
 
 
 @dataclass
 class MTCNNStageConfig:
     """One MTCNN stage (P, R or O): its samples, loss weights, optimizer, schedule and batch shape."""
 
-    size: int = 12  # input side in pixels: 12 (P), 24 (R), 48 (O)
+    size: Annotated[int, one_of(12, 24, 48)] = 12  # input side in pixels: 12 (P), 24 (R), 48 (O)
     landmark_head: bool = False  # train a landmark head (O-Net always has one; optional on P and R)
     # Samples (stage P: random crops; stages R and O: mined detections plus these random crops).
-    negatives_per_image: int = 50  # random crops anywhere in the image with IoU < iou_negative
-    negatives_near_face: int = 5  # per face: crops overlapping it a little (IoU < iou_negative)
-    crops_per_face: int = 20  # per face: shifted/scaled crops, kept as positive or part by IoU
-    landmark_crops_per_face: int = 10  # per landmark-list face: shifted crops kept at IoU >= iou_positive
-    mined_negatives_per_image: int = 50  # stages R/O: at most this many mined negatives per image
+    negatives_per_image: Count = 50  # random crops anywhere in the image with IoU < iou_negative
+    negatives_near_face: Count = 5  # per face: crops overlapping it a little (IoU < iou_negative)
+    crops_per_face: Count = 20  # per face: shifted/scaled crops, kept as positive or part by IoU
+    landmark_crops_per_face: Count = 10  # per landmark-list face: shifted crops kept at IoU >= iou_positive
+    mined_negatives_per_image: Count = 50  # stages R/O: at most this many mined negatives per image
     # Multi-task loss (Zhang et al. 2016: P 1/0.5/0.5, R 1/0.5/0.5, O 1/0.5/1).
-    cls_weight: float = 1.0
-    box_weight: float = 0.5
-    landmark_weight: float = 0.5
+    cls_weight: NonNegative = 1.0
+    box_weight: NonNegative = 0.5
+    landmark_weight: NonNegative = 0.5
     # Optimisation.
-    epochs: int = 4
-    batch_size: int = 384
-    steps_per_epoch: int = 0  # 0: as many batches as one pass over the samples takes
-    optimizer: str = "adam"  # sgd | adam | adamw
-    lr: float = 0.003
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # SGD only
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_steps: int = 50
-    accumulate: int = 1  # gradient accumulation (effective batch = batch_size x accumulate x processes)
-    clip_grad_norm: float = 0.0
-
-    def validate(self) -> None:
-        if self.size not in (12, 24, 48):
-            raise ConfigError("config key 'mtcnn.<stage>.size': must be 12, 24 or 48")
-        if self.batch_size < 7 or self.epochs < 0 or self.accumulate < 1:
-            raise ConfigError("config keys 'mtcnn.<stage>': batch_size >= 7, epochs >= 0, accumulate >= 1 required")
+    epochs: Count = 4
+    batch_size: Annotated[int, at_least(7)] = 384  # room for every sample type in each batch
+    steps_per_epoch: Count = 0  # 0: as many batches as one pass over the samples takes
+    optimizer: Optimizer = "adam"
+    lr: Positive = 0.003
+    weight_decay: NonNegative = 1e-4
+    momentum: Momentum = 0.9  # SGD only
+    schedule: Schedule = "cosine"
+    warmup_steps: Count = 50
+    accumulate: PositiveCount = 1  # gradient accumulation (effective batch = batch_size x accumulate x processes)
+    clip_grad_norm: NonNegative = 0.0
 
 
 @dataclass
@@ -238,41 +293,37 @@ class MTCNNConfig:
         size=48, landmark_head=True, negatives_per_image=10, crops_per_face=10, landmark_crops_per_face=5,
         epochs=3, steps_per_epoch=300, batch_size=128, lr=0.002, landmark_weight=1.0))
     # Sample labels by IoU with the nearest face (Zhang et al. 2016).
-    iou_negative: float = 0.3  # below: negative
-    iou_part: float = 0.4  # from here up to iou_positive: part face
-    iou_positive: float = 0.65  # from here: positive (and the floor for landmark crops)
-    min_face_size: float = 20.0  # faces whose longer side is smaller are not sampled (nor mined as ground truth)
+    iou_negative: Overlap = 0.3  # below: negative
+    iou_part: Overlap = 0.4  # from here up to iou_positive: part face
+    iou_positive: Overlap = 0.65  # from here: positive (and the floor for landmark crops)
+    min_face_size: NonNegative = 20.0  # faces whose longer side is smaller are not sampled (nor mined as ground truth)
     mirror: bool = True  # mirror half of the random and landmark crops (left/right points swapped)
-    landmark_max_rotation: float = 15.0  # degrees; landmark crops rotated uniformly within +-this
-    shard_images: int = 64  # images per packed shard (one worker task)
+    landmark_max_rotation: NonNegative = 15.0  # degrees; landmark crops rotated uniformly within +-this
+    shard_images: PositiveCount = 64  # images per packed shard (one worker task)
     # Batches balanced by sample type, neg : pos : part : landmark.
-    batch_ratio: tuple[float, float, float, float] = (3.0, 1.0, 1.0, 2.0)
-    ohem_ratio: float = 0.7  # online hard example mining: keep the hardest 70% of classification losses
-    jitter: float = 0.2  # training-time brightness/contrast jitter (0 = off)
-    occlusion: float = 0.25  # chance that a positive/part crop gets a random occluder while training (0 = off)
-    blur: float = 0.2  # chance of a Gaussian blur on any training crop (0 = off)
+    batch_ratio: Annotated[tuple[float, float, float, float], each(at_least(0))] = (3.0, 1.0, 1.0, 2.0)
+    ohem_ratio: Overlap = 0.7  # online hard example mining: keep the hardest 70% of classification losses
+    jitter: NonNegative = 0.2  # training-time brightness/contrast jitter (0 = off)
+    occlusion: Probability = 0.25  # chance that a positive/part crop gets a random occluder while training (0 = off)
+    blur: Probability = 0.2  # chance of a Gaussian blur on any training crop (0 = off)
     # Hard-example mining for R and O (the earlier stages run with these low thresholds).
-    mining_thresholds: tuple[float, float] = (0.4, 0.5)  # P-Net, R-Net score thresholds while mining
-    mining_batch_images: int = 8  # images per batched detector call
+    mining_thresholds: Annotated[tuple[float, float], each(between(0, 1))] = (0.4, 0.5)  # P-Net, R-Net thresholds
+    mining_batch_images: PositiveCount = 8  # images per batched detector call
     # Data: the validation split. 0 = WIDER_val of paths.wider_face; N > 0 = every Nth image of the train
     # annotation file (and every Nth face of landmarks_train, when landmarks_test is the same file).
-    holdout_every: int = 0
-    train_fraction_of_images: float = 1.0  # use this share of the training images (quick experiments)
+    holdout_every: Count = 0
+    train_fraction_of_images: Overlap = 1.0  # use this share of the training images (quick experiments)
     # Evaluation.
-    eval_iou: float = 0.5
-    eval_max_images: int = 0  # 0: the whole validation split
-    eval_batch_images: int = 8
-    eval_score_floor: float = 0.05  # O-Net ranks faces down to this score for AP (precision/recall: detector threshold)
+    eval_iou: Overlap = 0.5
+    eval_max_images: Count = 0  # 0: the whole validation split
+    eval_batch_images: PositiveCount = 8
+    eval_score_floor: Probability = 0.05  # O-Net ranks faces down to this score for AP (precision/recall: detector threshold)
 
     def validate(self) -> None:
-        if not 0.0 < self.iou_negative <= self.iou_part < self.iou_positive <= 1.0:
+        if not self.iou_negative <= self.iou_part < self.iou_positive:
             raise ConfigError("config keys 'mtcnn.iou_*': need 0 < iou_negative <= iou_part < iou_positive <= 1")
-        if not 0.0 < self.ohem_ratio <= 1.0:
-            raise ConfigError("config key 'mtcnn.ohem_ratio': must be in (0, 1]")
-        if any(r < 0 for r in self.batch_ratio) or sum(self.batch_ratio[:3]) <= 0:
-            raise ConfigError("config key 'mtcnn.batch_ratio': needs non-negative values and some face/non-face share")
-        if self.holdout_every < 0 or not 0.0 < self.train_fraction_of_images <= 1.0:
-            raise ConfigError("config keys 'mtcnn.holdout_every' >= 0 and 'mtcnn.train_fraction_of_images' in (0, 1]")
+        if sum(self.batch_ratio[:3]) <= 0:
+            raise ConfigError("config key 'mtcnn.batch_ratio': needs some face/non-face share")
 
 
 @dataclass
@@ -280,38 +331,29 @@ class AlignConfig:
     """Face alignment of identity datasets (``prepare_training_data.py --align NAME``) with the detector that
     ``paths.pnet/rnet/onet`` name (the trained cascade, or a folder of the original weights)."""
 
-    train_size: int = 182  # side of the crops random-crop training reads
-    eval_size: int = 160  # side of the crops of evaluation sets (pairs files, held-out identities)
+    train_size: Annotated[int, at_least(16)] = 182  # side of the crops random-crop training reads
+    eval_size: Annotated[int, at_least(16)] = 160  # side of the crops of evaluation sets (pairs files, held-out identities)
     # Context pixels at eval_size (0: the ArcFace framing); train crops show the same framing plus
     # (train_size - eval_size) / 2 pixels each side, so their centre crop is the evaluation crop.
     # The system (models/system.py) cuts faces with these same settings, as the embedder saw them in training.
-    margin: float = 0.0
-    method: str = "similarity"  # similarity (5-point alignment) | box
-    select: str = "largest"  # largest | central: the face kept when a photo shows several
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P/R/O-Net thresholds while aligning
-    batch_images: int = 16  # photos per batched detector call
-    jpeg_quality: int = 95
+    margin: NonNegative = 0.0
+    method: AlignMethod = "similarity"
+    select: FaceSelection = "largest"  # the face kept when a photo shows several
+    thresholds: Thresholds = (0.6, 0.7, 0.7)  # P/R/O-Net thresholds while aligning
+    batch_images: PositiveCount = 16  # photos per batched detector call
+    jpeg_quality: Annotated[int, between(1, 100)] = 95
     # Hold out this many identities (drawn by runtime.seed) as an evaluation split in the LFW layout with a
     # View-2 pairs file of holdout_folds folds (identity-disjoint) of holdout_pairs_per_fold same + as many
     # different pairs; 0 = no split (datasets that come with their own pairs file).
-    holdout_identities: int = 0
-    holdout_folds: int = 10
-    holdout_pairs_per_fold: int = 100
+    holdout_identities: Count = 0
+    holdout_folds: Annotated[int, at_least(2)] = 10
+    holdout_pairs_per_fold: PositiveCount = 100
 
     def validate(self) -> None:
-        if self.eval_size < 16 or self.train_size < self.eval_size:
-            raise ConfigError("config keys 'align.train_size' >= 'align.eval_size' >= 16 required")
-        if not 0.0 <= self.margin < self.eval_size:
+        if self.train_size < self.eval_size:
+            raise ConfigError("config keys 'align.train_size' >= 'align.eval_size' required")
+        if self.margin >= self.eval_size:
             raise ConfigError("config key 'align.margin': must be in [0, eval_size)")
-        if self.method not in ("similarity", "box") or self.select not in ("largest", "central"):
-            raise ConfigError("config keys 'align.method' (similarity|box) and 'align.select' (largest|central)")
-        if not all(0.0 <= t <= 1.0 for t in self.thresholds):
-            raise ConfigError("config key 'align.thresholds': each must be in [0, 1]")
-        if self.batch_images < 1 or not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError("config keys 'align.batch_images' >= 1 and 'align.jpeg_quality' in 1..100 required")
-        if self.holdout_identities < 0 or self.holdout_folds < 2 or self.holdout_pairs_per_fold < 1:
-            raise ConfigError("config keys 'align.holdout_identities' >= 0, 'holdout_folds' >= 2, "
-                              "'holdout_pairs_per_fold' >= 1 required")
 
 
 @dataclass
@@ -322,14 +364,14 @@ class FaceNetConfig:
     real-data presets."""
 
     # Model.
-    backbone: str = "mobilefacenet"  # mobilefacenet (light, CPU) | inception_resnet_v1 (FaceNet, 160 px)
-    embedding_size: int = 128
-    input_size: int = 64  # the network's input side; aligned crops are scaled by input_size / align.eval_size
-    width: float = 0.5  # mobilefacenet channel multiplier
-    dropout: float = 0.0
+    backbone: Backbone = "mobilefacenet"  # mobilefacenet (light, CPU) | inception_resnet_v1 (FaceNet, 160 px)
+    embedding_size: PositiveCount = 128
+    input_size: Annotated[int, at_least(16)] = 64  # the network's input side; aligned crops are scaled by input_size / align.eval_size
+    width: Positive = 0.5  # mobilefacenet channel multiplier
+    dropout: Annotated[float, between(0, 1, open_high=True)] = 0.0
     # Input standardization: fixed ((x - 127.5) / 128, as FaceNet's published weights expect) | per_image (each
     # face's own mean and std, FaceNet's prewhitening: dark or washed-out photos look alike to the network).
-    standardization: str = "per_image"
+    standardization: Standardization = "per_image"
     pretrained: str = ""  # facenet-pytorch InceptionResnetV1 state_dict to start from (fine-tuning); '' = random init
     # Data, as prepare_training_data.py --align writes it ({data_root}, {runs_dir} and {aligned} expand).
     train_images: str = "{aligned}/train"  # identity folders of align.train_size crops
@@ -337,62 +379,39 @@ class FaceNetConfig:
     val_images: str = "{aligned}/lfw_val/images"  # align.eval_size crops in the LFW layout
     preload: bool = True  # decode every crop once into memory (small sets); false: stream from disk in workers
     # Batches: P identities x K images (the sampler), epochs of one pass over the identities unless set.
-    identities_per_batch: int = 32
-    images_per_identity: int = 4
-    batches_per_epoch: int = 22  # steps per epoch (the preset's compute budget: 30 x 22 steps); 0 = one pass over the identities
-    small_identities: str = "replace"  # identities with 2..K-1 images: replace (repeat images) | skip
+    identities_per_batch: Annotated[int, at_least(2)] = 32
+    images_per_identity: Annotated[int, at_least(2)] = 4
+    batches_per_epoch: Count = 22  # steps per epoch (the preset's compute budget: 30 x 22 steps); 0 = one pass over the identities
+    small_identities: SmallIdentities = "replace"  # identities with 2..K-1 images: replace (repeat images) | skip
     # Augmentation: random crop (train_size -> eval_size framing), horizontal flip, colour jitter strength.
     random_crop: bool = True
     flip: bool = True
-    color_jitter: float = 0.2
+    color_jitter: NonNegative = 0.2
     # Triplet loss (FaceNet: margin 0.2 on squared distances of unit vectors; the guide: 0.2-0.5, "0.5+").
-    margin: float = 0.3
-    mining: str = "semi_hard"  # semi_hard | batch_hard | batch_all
+    margin: Overlap = 0.3
+    mining: TripletMining = "semi_hard"
     squared: bool = True
     # Optimisation.
-    epochs: int = 30
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 0.002
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_steps: int = 30
-    accumulate: int = 1  # gradient accumulation over this many P x K batches (the guide's answer to OOM)
-    clip_grad_norm: float = 0.0
+    epochs: Count = 30
+    optimizer: Optimizer = "adam"
+    lr: Positive = 0.002
+    weight_decay: NonNegative = 5e-4
+    momentum: Momentum = 0.9
+    schedule: Schedule = "cosine"
+    warmup_steps: Count = 30
+    accumulate: PositiveCount = 1  # gradient accumulation over this many P x K batches (the guide's answer to OOM)
+    clip_grad_norm: NonNegative = 0.0
     # Validation (LFW protocol on the pairs file, every val_every epochs) and early stopping.
-    val_every: int = 1
+    val_every: PositiveCount = 1
     val_flip: bool = False  # horizontal-flip test-time augmentation
-    val_batch_size: int = 128
-    val_loss_batches: int = 20  # P x K batches of the pairs' identities for the validation triplet loss
-    far_target: float = 1e-3
-    early_stopping_patience: int = 0  # stop after this many validations without a better accuracy; 0 = never
+    val_batch_size: PositiveCount = 128
+    val_loss_batches: Count = 20  # P x K batches of the pairs' identities for the validation triplet loss
+    far_target: OpenProbability = 1e-3
+    early_stopping_patience: Count = 0  # stop after this many validations without a better accuracy; 0 = never
 
     def validate(self) -> None:
-        if self.backbone not in ("mobilefacenet", "inception_resnet_v1"):
-            raise ConfigError(f"config key 'facenet.backbone': {self.backbone!r} is not mobilefacenet or inception_resnet_v1")
-        if self.standardization not in STANDARDIZATIONS:
-            raise ConfigError(f"config key 'facenet.standardization': {self.standardization!r} is not one of "
-                              f"{', '.join(STANDARDIZATIONS)}")
         if self.pretrained and self.standardization != "fixed":
             raise ConfigError("config key 'facenet.standardization': published FaceNet weights expect 'fixed'")
-        if self.mining not in ("semi_hard", "batch_hard", "batch_all"):
-            raise ConfigError(f"config key 'facenet.mining': {self.mining!r} is not semi_hard, batch_hard or batch_all")
-        if not 0.0 < self.margin <= 1.0:
-            raise ConfigError("config key 'facenet.margin': must be in (0, 1]")
-        if self.identities_per_batch < 2 or self.images_per_identity < 2:
-            raise ConfigError("config keys 'facenet.identities_per_batch' and 'images_per_identity' must be >= 2")
-        if self.small_identities not in ("replace", "skip"):
-            raise ConfigError("config key 'facenet.small_identities': replace or skip")
-        if self.input_size < 16 or self.embedding_size < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("config keys 'facenet.input_size' >= 16, 'embedding_size' >= 1, 'dropout' in [0, 1)")
-        if self.epochs < 0 or self.accumulate < 1 or self.val_every < 1 or self.batches_per_epoch < 0:
-            raise ConfigError("config keys 'facenet.epochs' >= 0, 'accumulate' >= 1, 'val_every' >= 1, "
-                              "'batches_per_epoch' >= 0 required")
-        if self.color_jitter < 0 or self.val_batch_size < 1 or self.val_loss_batches < 0 or self.early_stopping_patience < 0:
-            raise ConfigError("config keys 'facenet.color_jitter', 'val_loss_batches', 'early_stopping_patience' >= 0 "
-                              "and 'val_batch_size' >= 1 required")
-        if not 0.0 < self.far_target < 1.0:
-            raise ConfigError("config key 'facenet.far_target': must be in (0, 1)")
 
 
 @dataclass

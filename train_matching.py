@@ -30,11 +30,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
-from config import Config, load_config
+from config import Config, MatchingMethod, load_config
 from datasets.identity import IdentityFolder
 from datasets.lfw import PairsFile, check_pairs_images, lfw_image_path, read_pairs
 from models.matcher import (
@@ -67,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tune the verification matcher on validation pairs: a similarity threshold (k-fold CV) and/or "
                     "a calibrated classifier on pair features; saves the better one beside the embedder.")
-    parser.add_argument("--method", choices=("threshold", "classifier", "both"), default=None,
+    parser.add_argument("--method", choices=get_args(MatchingMethod), default=None,
                         help="which matcher to fit; 'both' fits each, reports them side by side and keeps the more "
                              "accurate (default: matching.method)")
     parser.add_argument("--pairs", metavar="FILE", default=None,

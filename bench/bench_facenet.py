@@ -26,13 +26,13 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from config import Config, load_config
+from config import Backbone, Config, load_config
 from datasets.decoding import keep_batch
 from datasets.identity import IdentityFolder
 from datasets.synthetic.eval import eigenfaces_verification
@@ -50,7 +50,7 @@ from utils.errors import BadInputLog
 from utils.logger import RunLogger
 from utils.training import StepRunner, StopOnSignal, TrainingState, build_optimizer
 
-BACKBONES = ("mobilefacenet", "inception_resnet_v1")
+BACKBONES = get_args(Backbone)
 INCEPTION = {"input_size": 160, "embedding_size": 512, "width": 1.0}  # the FaceNet shape
 
 

@@ -24,12 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from config import Config, FaceSelection
 from datasets.decoding import decoded_batches
 from datasets.identity import IdentityFolder
 from datasets.lfw import Pair, write_pairs
@@ -41,11 +42,8 @@ from utils.device import select_device
 from utils.errors import BadInputLog, ConfigError, DataError
 from utils.images import read_image, write_image
 
-if TYPE_CHECKING:
-    from config import Config
-
 ALIGN_DATASETS = ("synthetic", "lfw", "vggface2", "casia_webface", "ms_celeb_1m", "celeba", "folder")
-SELECT_RULES = ("largest", "central")
+SELECT_RULES = get_args(FaceSelection)
 PROGRESS_FILE = ".align_progress.tsv"
 REPORT_FILE = "align_report.json"
 STATUSES = ("aligned", "no_face", "unreadable")

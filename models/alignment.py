@@ -13,13 +13,14 @@ distortion); parts outside the image are black. Downscaling averages k x k sampl
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from config import AlignMethod
 from models.detector import Detections, to_rgb_tensor
 
 TEMPLATE_112 = torch.tensor([
@@ -30,7 +31,7 @@ TEMPLATE_112 = torch.tensor([
     [70.7299, 92.2041],  # mouth corner on the image's right
 ], dtype=torch.float64)
 TEMPLATE_SIZE = 112
-METHODS = ("similarity", "box")
+METHODS = get_args(AlignMethod)
 MAX_SUPERSAMPLING = 4
 
 

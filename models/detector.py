@@ -36,13 +36,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from config import DetectorBackend
 from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_SCALE, NetOutput
 from models.weights import WHEEL_SOURCE, load_net
 from utils.area_resize import area_resize, integral_image, mean_pixels, take_difference
@@ -52,7 +53,7 @@ from utils.errors import ConfigError, DataError
 from utils.images import pil_to_rgb
 
 STAGES = ("pnet", "rnet", "onet")
-BACKENDS = ("torch", "onnx")  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
+BACKENDS = get_args(DetectorBackend)  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
 CHANNEL_ORDERS = ("rgb", "bgr")
 
 

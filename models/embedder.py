@@ -7,17 +7,19 @@ matcher and the gallery call (inference mode, batching, optional horizontal-flip
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from config import Backbone, Standardization
 from models.inception_resnet_v1 import InceptionResnetV1
 from models.mobilefacenet import MobileFaceNet
 from utils.errors import ConfigError
 
-BACKBONES = ("inception_resnet_v1", "mobilefacenet")
+BACKBONES = get_args(Backbone)
 INCEPTION_MIN_INPUT = 75  # smallest side for which Inception-ResNet-v1's reductions leave a 1x1 grid
 PIXEL_MEAN = 127.5
 PIXEL_SCALE = 128.0
@@ -42,7 +44,7 @@ def build_backbone(
     raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
-STANDARDIZATIONS = ("fixed", "per_image")
+STANDARDIZATIONS = get_args(Standardization)
 
 
 def standardize(images: Tensor, mode: str = "fixed") -> Tensor:

@@ -18,7 +18,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from scipy.special import expit
@@ -29,18 +29,19 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from config import Calibration, Classifier, GalleryScoring, ThresholdMetric
 from utils.atomic import atomic_write_text
 from utils.errors import DataError
 from utils.metrics import pair_scores, threshold_at_far
 
 MATCHER_FORMAT = "face-matcher"
 MATCHER_VERSION = 1
-THRESHOLD_METRICS = ("cosine", "euclidean")
-CLASSIFIERS = ("logistic", "linear_svm")
-CALIBRATIONS = ("sigmoid", "isotonic")
+THRESHOLD_METRICS = get_args(ThresholdMetric)
+CLASSIFIERS = get_args(Classifier)
+CALIBRATIONS = get_args(Calibration)
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # regularisation strengths tried when none is given
 FAR_GRID = tuple(float(f) for f in np.logspace(-4, 0, 41))  # FARs at which the curve is stored
-GALLERY_SCORINGS = ("best", "template")  # an identity's score: its best embedding | its mean embedding
+GALLERY_SCORINGS = get_args(GalleryScoring)
 
 
 class MatcherMismatchError(DataError):

@@ -14,13 +14,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
 import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from config import Config, FaceSelection
 from models.alignment import METHODS as ALIGN_METHODS, align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
 from models.embedder import Embedder
@@ -33,14 +34,11 @@ from utils.errors import BadInputLog, DataError
 from utils.hashing import sha256_file
 from utils.images import read_image
 
-if TYPE_CHECKING:
-    from config import Config
-
 STAGES = ("read", "detect", "align", "embed", "match")
 ImageInput = str | Path | np.ndarray
 
 
-FACE_SELECTION = ("largest", "central")
+FACE_SELECTION = get_args(FaceSelection)
 
 
 @dataclass

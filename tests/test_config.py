@@ -32,7 +32,7 @@ def test_paths_follow_data_root():
         ("nosuch.key=1", "unknown config key 'nosuch'"),
         ("runtime.seed=abc", "'runtime.seed': expected an integer"),
         ("runtime.amp=maybe", "'runtime.amp': expected true or false"),
-        ("detector.scale_factor=1.5", "'detector.scale_factor': must be between 0 and 1"),
+        ("detector.scale_factor=1.5", "'detector.scale_factor': must be a finite number in (0, 1), got 1.5"),
         ("detector.thresholds=0.5,0.6", "'detector.thresholds': expected 3 values"),
         ("runtime.device=tpu", "'runtime.device'"),
         ("runtime=3", "is a section"),

@@ -27,7 +27,7 @@ from datasets.synthetic.looks import HAIR_COLOURS, SKIN_TONES, sample_look, samp
 from datasets.synthetic.render import FaceModel, composite_face
 from datasets.synthetic.scene import SceneSettings, render_scene
 from datasets.wider import read_wider_annotations, wider_split_paths
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 TINY = SyntheticSpec(seed=7, train_scenes=10, val_scenes=4, empty_scene_fraction=0.25, scene_identities=20,
                      train_identities=8, images_per_identity=3, val_identities=6, val_images_per_identity=4,
@@ -182,9 +182,9 @@ def test_refuses_to_overwrite_foreign_data_and_bad_specs(tmp_path):
     with pytest.raises(DataError, match="not written by the synthetic generator"):
         generate_synthetic_set(tmp_path, TINY, workers=1, progress=False)
     assert (tmp_path / "WIDER_train").is_dir()
-    with pytest.raises(ValueError, match="identities per fold"):
+    with pytest.raises(ConfigError, match="identities per fold"):
         dataclasses.replace(TINY, val_identities=3)
-    with pytest.raises(ValueError, match="min_face"):
+    with pytest.raises(ConfigError, match="'synthetic.min_face': must be an integer >= 8, got 4"):
         dataclasses.replace(TINY, min_face=4)
 
 

@@ -1,20 +1,69 @@
 """Config overrides and validation: nested dataclasses updated from a JSON/Python file and ``--set key=value``.
 
-Every key is checked against the dataclass fields and every value against the field's type, so a typo or
-a wrong type stops the script with one line naming the key, before anything is written.
+Every key is checked against the dataclass fields and every value against the field's type and its declared
+range (``Annotated[type, Check]``: ``at_least``, ``above``, ``between``, ``one_of``, ``non_empty``, ``each``;
+floats are finite), so a typo, a wrong type or an out-of-range value stops the script with one line naming
+the key and the rule, before anything is read or written.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import runpy
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from utils.atomic import atomic_write_text
 from utils.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A range or shape a config value must have, declared beside its field: ``Annotated[float, above(0)]``."""
+
+    condition: str  # completes "must be <noun> ...", e.g. "> 0"; the noun comes from the field's type
+    ok: Callable[[Any], bool]
+    each: bool = False  # the condition holds for every value of a list
+
+    def message(self, key: str, tp: Any, value: Any) -> str:
+        """The one-line error for ``value`` of key ``key`` (a field of type ``tp``)."""
+        item = typing.get_args(tp)[0] if self.each else tp
+        noun = {int: "an integer ", float: "a finite number "}.get(item, "")
+        rule = f"{'each value ' if self.each else ''}must be {noun}{self.condition}"
+        return f"config key '{key}': {rule}, got {value!r}"
+
+
+def at_least(low: float) -> Check:
+    """Values >= ``low``."""
+    return Check(f">= {low}", lambda v: v >= low)
+
+
+def above(low: float) -> Check:
+    """Values > ``low``."""
+    return Check(f"> {low}", lambda v: v > low)
+
+
+def between(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Check:
+    """Values in the interval from ``low`` to ``high``, each end closed unless said open."""
+    text = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    return Check(text, lambda v: (low < v if open_low else low <= v) and (v < high if open_high else v <= high))
+
+
+def one_of(*values: Any) -> Check:
+    """One of ``values`` (for numbers; string choices are ``typing.Literal`` types)."""
+    return Check(f"in {{{', '.join(map(str, values))}}}", lambda v: v in values)
+
+
+def each(check: Check) -> Check:
+    """``check`` on every value of a list."""
+    return Check(check.condition, lambda v: all(check.ok(x) for x in v), each=True)
+
+
+non_empty = Check("a list of at least one value", lambda v: len(v) > 0)
 
 
 def _type_name(tp: Any) -> str:
@@ -25,6 +74,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` converted to type ``tp``, or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        value = _coerce(value, args[0], key)
+        for check in args[1:]:
+            if isinstance(check, Check) and not check.ok(value):
+                raise ConfigError(check.message(key, args[0], value))
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -72,14 +127,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, Path)):
             return str(value)
@@ -89,7 +149,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     """Return a copy of dataclass ``config`` with nested ``overrides`` applied and validated."""
-    hints = typing.get_type_hints(type(config))
+    hints = typing.get_type_hints(type(config), include_extras=True)
     names = {f.name for f in dataclasses.fields(config)}
     changes = {}
     for name, value in overrides.items():
@@ -108,6 +168,14 @@ def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str = "") ->
     if validate is not None:
         validate()
     return updated
+
+
+def check_values(config: Any, prefix: str = "") -> None:
+    """Check every field of dataclass ``config`` against its type and declared range, as loading would: for
+    sections built in code rather than loaded (ConfigError naming the first bad key)."""
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    for item in dataclasses.fields(config):
+        _coerce(getattr(config, item.name), hints[item.name], f"{prefix}{item.name}")
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:
@@ -143,6 +211,8 @@ def read_override_file(path: str | Path) -> dict[str, Any]:
         return data
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(data, dict):

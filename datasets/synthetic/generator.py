@@ -30,12 +30,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from config import SyntheticSpec
 from datasets.landmarks import LandmarkAnnotation, write_landmark_list
 from datasets.lfw import Pair, lfw_image_path, write_pairs
 from datasets.synthetic.eval import IDENTITY_LANDMARKS, SCENE_LANDMARKS, eigenfaces_baseline, make_contact_sheet
 from datasets.synthetic.items import (
     Item,
-    SyntheticSpec,
     identity_look,
     identity_name,
     init_worker,

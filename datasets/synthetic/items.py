@@ -1,4 +1,4 @@
-"""The synthetic set's size spec (``SyntheticSpec``) and the rendering of one picture of it.
+"""The rendering of one picture of the synthetic set (its sizes: ``config.SyntheticSpec``).
 
 Kept apart from ``datasets.synthetic`` (which also writes the lists) so that worker processes import only
 numpy, OpenCV and the drawing modules. Every picture's generator is seeded by (seed, kind, split, index),
@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from config import SyntheticSpec
 from datasets.synthetic.looks import FaceLook, sample_look
 from datasets.synthetic.scene import SceneSettings, render_portrait, render_scene
 from utils.images import write_image
@@ -22,68 +23,10 @@ _KINDS = {"scene": 10, "landmark": 11, "identity": 12, "lfw": 13, "pairs": 14}
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Sizes of the synthetic set; every field is a plain value so config.py can mirror it.
-
-    The defaults (750 scenes, 600 x 8 identity photos, 80 + 40 x 8 pair-set photos, 2,400 landmark crops)
-    take about 90 seconds with 2 workers on an idle 2-core machine.
-    """
-
-    seed: int = 0
-    train_scenes: int = 600  # WIDER_train pictures
-    val_scenes: int = 150  # WIDER_val pictures
-    scene_sizes: tuple[tuple[int, int], ...] = ((640, 480), (560, 420), (480, 360), (480, 640), (360, 480))
-    max_faces_per_scene: int = 8
-    empty_scene_fraction: float = 0.08  # scenes with no face at all
-    min_face: int = 12  # face box height range in scenes, pixels (hairline to chin)
-    max_face: int = 250
-    scene_identities: int = 300  # people who appear in scenes
-    train_identities: int = 600  # identities/<id>/ folders (VGGFace2 shape)
-    images_per_identity: int = 8
-    identity_width: tuple[int, int] = (180, 260)  # identity photo size ranges, pixels
-    identity_height: tuple[int, int] = (200, 300)
-    val_identities: int = 80  # lfw_val: held-out people, pairs for validation / threshold tuning
-    val_images_per_identity: int = 8
-    val_folds: int = 10
-    val_pairs_per_fold: int = 30  # same pairs per fold (and as many different ones)
-    test_identities: int = 40  # lfw_test: other held-out people, for the end-to-end system test
-    test_images_per_identity: int = 8
-    test_folds: int = 10
-    test_pairs_per_fold: int = 30
-    lfw_image_size: int = 160  # square pair-set photos, face roughly centred
-    landmark_train: int = 2000  # landmark crops (lfw_5590 80 px style)
-    landmark_test: int = 400
-    landmark_image_size: int = 80
-    jpeg_quality: tuple[int, int] = (72, 95)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def scene_settings(self) -> SceneSettings:
-        """The crowd-scene settings these sizes imply."""
-        return SceneSettings(max_faces=self.max_faces_per_scene, empty_fraction=self.empty_scene_fraction,
-                             min_face=float(self.min_face), max_face=float(self.max_face),
-                             jpeg_quality=self.jpeg_quality)
-
-    def validate(self) -> None:
-        """Refuse sizes that cannot produce a usable set (ValueError naming the field)."""
-        if self.min_face < 8 or self.max_face < self.min_face:
-            raise ValueError(f"need 8 <= min_face <= max_face, got {self.min_face}, {self.max_face}")
-        if self.images_per_identity < 2 or self.train_identities < 2:
-            raise ValueError("need at least 2 training identities with at least 2 images each")
-        for split in ("val", "test"):
-            ids, images = getattr(self, f"{split}_identities"), getattr(self, f"{split}_images_per_identity")
-            folds, per_fold = getattr(self, f"{split}_folds"), getattr(self, f"{split}_pairs_per_fold")
-            if folds < 1 or per_fold < 1 or images < 2 or ids < 2 * folds:
-                raise ValueError(f"{split}: need >= 1 fold, >= 1 pair per fold, >= 2 images per identity and "
-                                 f">= 2 identities per fold ({ids} identities for {folds} folds)")
-            smallest = ids // folds
-            if smallest * images * (images - 1) // 2 < per_fold:
-                raise ValueError(f"{split}: {per_fold} same pairs per fold need more images or identities per fold")
-            if smallest * (smallest - 1) // 2 * images * images < 2 * per_fold:
-                raise ValueError(f"{split}: {per_fold} different pairs per fold need more identities per fold")
+def scene_settings(spec: SyntheticSpec) -> SceneSettings:
+    """The crowd-scene settings the spec's sizes imply."""
+    return SceneSettings(max_faces=spec.max_faces_per_scene, empty_fraction=spec.empty_scene_fraction,
+                         min_face=float(spec.min_face), max_face=float(spec.max_face), jpeg_quality=spec.jpeg_quality)
 
 
 @lru_cache(maxsize=4096)
@@ -125,7 +68,7 @@ def render_item(spec: SyntheticSpec, item: Item) -> tuple[np.ndarray, np.ndarray
     rng = item_rng(spec.seed, item.kind, item.split, item.identity, item.number)
     if item.kind == "scene":
         width, height = spec.scene_sizes[int(rng.integers(len(spec.scene_sizes)))]
-        image, faces, quality = render_scene(rng, width, height, spec.scene_settings,
+        image, faces, quality = render_scene(rng, width, height, scene_settings(spec),
                                              lambda k: identity_look(spec.seed, "scene", k), spec.scene_identities)
     elif item.kind == "landmark":
         size = spec.landmark_image_size

@@ -17,14 +17,16 @@ batch starting at its rank, so ranks see disjoint batches and the same number of
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import get_args
 
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from config import SmallIdentities
 from utils.errors import ConfigError
 
-SMALL_IDENTITY_POLICIES = ("replace", "skip")
+SMALL_IDENTITY_POLICIES = get_args(SmallIdentities)
 
 
 class PKBatchSampler(Sampler[list[int]]):

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
-MINING_METHODS = ("semi_hard", "batch_hard", "batch_all")
+from config import TripletMining
+
+MINING_METHODS = get_args(TripletMining)
 
 
 @dataclass
