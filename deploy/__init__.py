@@ -1,1 +1,8 @@
-"""Deployment: ONNX export, int8 quantization and their checks against PyTorch (``python -m deploy.export``)."""
+"""Deployment: ONNX export of the four nets, int8 quantization of the embedder, and their checks against PyTorch
+(``python -m deploy.export``; needs ``requirements-export.txt``)."""
+from utils.exports import lazy_exports
+
+_EXPORTS = {"export_embedder": "deploy.export", "export_embedder_int8": "deploy.export",
+            "export_mtcnn_net": "deploy.export"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
