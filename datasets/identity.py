@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
 from utils.errors import DataError
-from utils.images import IMAGE_EXTENSIONS, read_image
+from utils.images import IMAGE_EXTENSIONS
 
 
 class IdentityFolder:
@@ -65,19 +62,3 @@ class IdentityFolder:
         targets = np.asarray(self.targets)
         order = np.argsort(targets, kind="stable")
         return np.split(order, np.cumsum(np.bincount(targets, minlength=len(self.classes)))[:-1])
-
-
-class IdentityDataset(Dataset):
-    """A torch Dataset over an IdentityFolder: item ``i`` is ``(transform(image), label)``, images as HxWx3 RGB."""
-
-    def __init__(self, folder: IdentityFolder, transform: Callable[[np.ndarray], Any] | None = None) -> None:
-        self.folder = folder
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.folder.samples[index]
-        image = read_image(path)
-        return (self.transform(image) if self.transform is not None else image), label

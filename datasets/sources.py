@@ -23,7 +23,7 @@ from utils.archive import extract_archive, read_marker
 from utils.atomic import atomic_write_text
 from utils.download import download, part_path
 from utils.hashing import hash_file
-from utils.errors import ConfigError, DataError
+from utils.errors import DataError
 
 DOWNLOADS_FOLDER = "downloads"  # under the data root: downloaded archives and manifest.json
 MANIFEST_NAME = "manifest.json"
@@ -244,14 +244,6 @@ CASIA_WEBFACE = DatasetSource(
 SOURCES: dict[str, DatasetSource] = {
     source.name: source for source in (LFW, WIDER_FACE, VGGFACE2, CELEBA, MS_CELEB_1M, CASIA_WEBFACE)
 }
-
-
-def get_source(name: str) -> DatasetSource:
-    """The catalogue entry called ``name``; a ConfigError listing the known names when there is none."""
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}") from None
 
 
 def _present(path: Path) -> bool:

@@ -1,23 +1,21 @@
-"""WIDER FACE: the ``wider_face_<split>_bbx_gt.txt`` annotations, the easy/medium/hard keep-lists, a Dataset.
+"""WIDER FACE: the ``wider_face_<split>_bbx_gt.txt`` annotations and the easy/medium/hard keep-lists.
 
 Works with any subset of the official splits (the train split alone is enough), unlike
 ``torchvision.datasets.WIDERFace``, which needs train, val and test all present.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from datasets.textfile import (format_xywh, parse_int, read_counted_records, read_text_lines, report,
                                write_counted_records)
 from utils.atomic import atomic_write_text
 from utils.errors import BadInputLog, DataError
-from utils.images import read_image
 
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 WIDER_SPLITS = ("train", "val", "test")
@@ -113,40 +111,6 @@ def wider_split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
         raise ValueError(f"WIDER split must be one of {WIDER_SPLITS}, got {split!r}")
     root = Path(root)
     return root / f"WIDER_{split}" / "images", root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
-
-
-class WiderFaceDataset(Dataset):
-    """WIDER images with their annotations: item ``i`` is ``(HxWx3 uint8 RGB image, WiderAnnotation)``.
-
-    Needs only the requested split on disk. Records whose image file is missing are reported through
-    ``log`` (raised without one) and left out. ``transform(image, annotation)`` replaces the item.
-    """
-
-    def __init__(self, root: str | Path, split: str = "train", *,
-                 transform: Callable[[np.ndarray, WiderAnnotation], Any] | None = None,
-                 log: BadInputLog | None = None) -> None:
-        self.images_dir, self.annotation_file = wider_split_paths(root, split)
-        if not self.images_dir.is_dir():
-            raise DataError(self.images_dir, f"WIDER FACE {split} image folder not found")
-        annotations = read_wider_annotations(self.annotation_file, log=log)
-        self.annotations: list[WiderAnnotation] = []
-        for annotation in annotations:
-            if (self.images_dir / annotation.image_path).is_file():
-                self.annotations.append(annotation)
-            else:
-                report(log, DataError(self.images_dir / annotation.image_path,
-                                      f"image listed in {self.annotation_file.name} not found"))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.annotations)
-
-    def __getitem__(self, index: int) -> Any:
-        annotation = self.annotations[index]
-        image = read_image(self.images_dir / annotation.image_path)
-        if self.transform is not None:
-            return self.transform(image, annotation)
-        return image, annotation
 
 
 # --- easy / medium / hard keep-lists -------------------------------------------------------------------

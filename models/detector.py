@@ -641,7 +641,3 @@ class FaceDetector:
                 return self.split(prep, cands, until)
 
     __call__ = detect
-
-    def detect_one(self, image: Any, channel_order: str = "rgb") -> Detections:
-        """Convenience for a single image: its :class:`Detections`."""
-        return self.detect([image], channel_order=channel_order)[0]

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from datasets.identity import IdentityDataset, IdentityFolder
+from datasets.identity import IdentityFolder
 from utils.errors import DataError
-from utils.images import write_image
+from utils.images import read_image, write_image
 
 FIXTURE = Path(__file__).parent / "fixtures" / "orl_faces"
 
@@ -34,7 +33,8 @@ def test_real_orl_faces(shared_data: Path) -> None:
     assert np.bincount(folder.targets).tolist() == [10] * 40
     assert all(path.suffix == ".pgm" for path, _ in folder.samples)
     _check_consistent(folder)
-    image, label = IdentityDataset(folder)[0]
+    path, label = folder.samples[0]
+    image = read_image(path)
     assert image.shape == (112, 92, 3) and image.dtype == np.uint8 and label == 0
     assert np.array_equal(image[..., 0], image[..., 2])  # grey PGM expanded to RGB
 
@@ -50,13 +50,12 @@ def test_real_lfw_layout_and_min_images(shared_data: Path) -> None:
     _check_consistent(big)
 
 
-def test_fixture_dataset_with_transform_and_loader() -> None:
+def test_fixture_samples_read_as_rgb() -> None:
     folder = IdentityFolder(FIXTURE)
     assert folder.classes == ["s1", "s2"] and folder.targets == [0, 0, 1]
-    dataset = IdentityDataset(folder, transform=lambda image: torch.tensor(image).permute(2, 0, 1).float() / 255)
-    images, labels = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3)))
-    assert images.shape == (3, 3, 112, 92) and labels.tolist() == [0, 0, 1]
-    assert 0 < images.mean() < 1
+    images = np.stack([read_image(path) for path, _ in folder.samples])
+    assert images.shape == (3, 112, 92, 3) and [label for _, label in folder.samples] == [0, 0, 1]
+    assert 0 < images.mean() < 255
 
 
 def _tree(root: Path, layout: dict[str, int]) -> None:
@@ -105,7 +104,7 @@ def test_bad_roots_are_named(tmp_path: Path) -> None:
 def test_unreadable_image_is_named_when_read(tmp_path: Path) -> None:
     _tree(tmp_path, {"a": 1})
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not a jpeg")
-    dataset = IdentityDataset(IdentityFolder(tmp_path))
-    assert dataset[0][1] == 0
+    folder = IdentityFolder(tmp_path)
+    assert [label for _, label in folder.samples] == [0, 0]
     with pytest.raises(DataError, match="broken.jpg"):
-        dataset[1]
+        read_image(folder.samples[1][0])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.verify import verify_wider
 from datasets.wider import (
     WIDER_ATTRIBUTES,
     WiderAnnotation,
-    WiderFaceDataset,
     keep_masks,
     read_wider_annotations,
     read_wider_keep_list,
@@ -20,6 +20,7 @@ from datasets.wider import (
     write_wider_keep_list,
 )
 from utils.errors import BadInputLog, DataError
+from utils.images import read_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipped")
 FIXTURE = Path(__file__).parent / "fixtures" / "wider"
@@ -60,16 +61,17 @@ def test_real_file_written_back_is_the_same_text(shared_data: Path, tmp_path: Pa
     assert out.read_text().splitlines() == [line.rstrip() for line in gt.read_text().splitlines()]
 
 
-def test_dataset_on_real_train_split_only(shared_data: Path) -> None:
-    dataset = WiderFaceDataset(shared_data / "wider_face_train_subset", "train")
-    assert len(dataset) == 920
-    image, annotation = dataset[1]
+def test_real_train_split_reads(shared_data: Path) -> None:
+    images, annotation_file = wider_split_paths(shared_data / "wider_face_train_subset", "train")
+    annotations = read_wider_annotations(annotation_file)
+    assert len(annotations) == 920
+    annotation = annotations[1]
     assert annotation.image_path == "1--Handshaking/1_Handshaking_Handshaking_1_389.jpg"
+    image = read_image(images / annotation.image_path)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     np.testing.assert_array_equal(annotation.boxes, [[222, 106, 292, 228], [646, 90, 710, 216]])
     assert annotation.attributes[1, WIDER_ATTRIBUTES.index("illumination")] == 1
-    with pytest.raises(DataError, match="WIDER_val/images"):
-        WiderFaceDataset(shared_data / "wider_face_train_subset", "val")
+    assert not wider_split_paths(shared_data / "wider_face_train_subset", "val")[1].is_file()
 
 
 def test_fixture_records_attributes_and_missing_image(tmp_path: Path) -> None:
@@ -83,17 +85,13 @@ def test_fixture_records_attributes_and_missing_image(tmp_path: Path) -> None:
     # the invalid flags sit on lines 904, 915, 957, 958, 960 of the real file, whose first face is on line 899
     assert np.flatnonzero(~crowd.valid).tolist() == [line - 899 for line in (904, 915, 957, 958, 960)]
 
-    log = BadInputLog()
-    dataset = WiderFaceDataset(FIXTURE, "train", log=log)
-    assert [a.image_path for a in dataset.annotations] == [annotations[0].image_path, annotations[2].image_path]
-    assert len(log) == 1 and "13_Interview_Interview_2_People_Visible_13_69.jpg" in str(log.problems[0])
-    image, annotation = dataset[0]
-    assert image.shape[:2] == (Image.open(FIXTURE / "WIDER_train" / "images" / annotation.image_path).size[::-1])
-    with pytest.raises(DataError, match="13_69.jpg.*not found"):
-        WiderFaceDataset(FIXTURE, "train")
-    sizes = WiderFaceDataset(FIXTURE, "train", log=BadInputLog(),
-                             transform=lambda img, ann: (img.shape, len(ann.boxes)))
-    assert sizes[1][1] == 1 and len(sizes[1][0]) == 3
+    report = verify_wider(FIXTURE)  # the image of the middle record is not in the fixture
+    assert report.counts["train images"] == 3
+    assert len(report.problems) == 1 and "13_Interview_Interview_2_People_Visible_13_69.jpg" in report.problems[0]
+    image = read_image(FIXTURE / "WIDER_train" / "images" / first.image_path)
+    assert image.shape[:2] == (Image.open(FIXTURE / "WIDER_train" / "images" / first.image_path).size[::-1])
+    with pytest.raises(DataError, match="13_69.jpg"):
+        read_image(FIXTURE / "WIDER_train" / "images" / crowd.image_path)
 
 
 def test_zero_face_records_with_and_without_placeholder(tmp_path: Path) -> None:

@@ -102,7 +102,6 @@ def test_same_result_in_every_input_form(detector: FaceDetector, photos: dict) -
         "list with another size": detector.detect([small, rgb, small])[1],
         "numpy batch": detector.detect(np.stack([rgb, rgb]))[1],
         "tensor batch": detector.detect(torch.stack([tensor, tensor]))[0],
-        "one-call helper": detector.detect_one(rgb),
     }
     for name, dets in forms.items():
         assert len(dets) == len(alone), name

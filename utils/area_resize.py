@@ -48,13 +48,6 @@ def integral_image(rgb: Tensor | np.ndarray, integer: bool | None = None) -> Ten
     return torch.from_numpy(table.view(np.int32))
 
 
-def bin_edges(start: Tensor, length: Tensor, out: int) -> tuple[Tensor, Tensor]:
-    """First and one-past-last input index of ``out`` area bins over [start, start + length), per row: [N, out]."""
-    i = torch.arange(out, device=length.device)
-    length, start = length[:, None], start[:, None]
-    return start + (i * length) // out, start + ((i + 1) * length + out - 1) // out
-
-
 def take_difference(table: Array, high: Array, low: Array, dim: int) -> Array:
     """``table[high] - table[low]`` along ``dim``: summed-area differences, as numpy for numpy tables, else torch.
 

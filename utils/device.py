@@ -24,8 +24,3 @@ def select_device(spec: str = "auto", local_rank: int | None = None) -> torch.de
         raise ConfigError(f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
-
-
-def amp_enabled(device: torch.device, requested: bool) -> bool:
-    """Mixed precision runs only on CUDA; on the CPU the flag is ignored."""
-    return requested and device.type == "cuda"
