@@ -359,8 +359,8 @@ class AlignConfig:
 @dataclass
 class FaceNetConfig:
     """Triplet-loss embedder training (train_facenet.py). Defaults: the synthetic preset (MobileFaceNet x0.5 at
-    64 px, per-image standardization, 660 steps of 32 x 4 faces, margin 0.3: about 8 minutes on 2 cores); ``configs/facenet_real.json`` (the
-    guide's hyperparameters, Inception-ResNet-v1 at 160 px) and ``configs/facenet_celeba.json`` are the
+    64 px, per-image standardization, 660 steps of 32 x 4 faces, margin 0.3: about 8 minutes on 2 cores); ``configs/facenet_real.json`` (FaceNet's
+    setting, Inception-ResNet-v1 at 160 px) and ``configs/facenet_celeba.json`` are the
     real-data presets."""
 
     # Model.
@@ -387,7 +387,7 @@ class FaceNetConfig:
     random_crop: bool = True
     flip: bool = True
     color_jitter: NonNegative = 0.2
-    # Triplet loss (FaceNet: margin 0.2 on squared distances of unit vectors; the guide: 0.2-0.5, "0.5+").
+    # Triplet loss (Schroff et al. 2015: margin 0.2 on squared distances of unit vectors; up to 1 allowed).
     margin: Overlap = 0.3
     mining: TripletMining = "semi_hard"
     squared: bool = True
@@ -399,7 +399,7 @@ class FaceNetConfig:
     momentum: Momentum = 0.9
     schedule: Schedule = "cosine"
     warmup_steps: Count = 30
-    accumulate: PositiveCount = 1  # gradient accumulation over this many P x K batches (the guide's answer to OOM)
+    accumulate: PositiveCount = 1  # gradient accumulation over this many P x K batches (more than fit in memory)
     clip_grad_norm: NonNegative = 0.0
     # Validation (LFW protocol on the pairs file, every val_every epochs) and early stopping.
     val_every: PositiveCount = 1

@@ -100,7 +100,7 @@ class ProbeSplit:
     probes: list[tuple[str, str]] = field(default_factory=list)  # (path, true identity)
 
 
-def split_identities(folder: IdentityFolder, unknown_fraction: float, gallery_images: int, max_probes: int,
+def gallery_probe_split(folder: IdentityFolder, unknown_fraction: float, gallery_images: int, max_probes: int,
                      seed: int) -> ProbeSplit:
     """Seeded split into enrolled and unknown people; enrolled people keep their first images for the gallery
     (they need at least one more image to be probed); every other image is a probe (at most ``max_probes`` each)."""
@@ -305,7 +305,7 @@ def main(args: argparse.Namespace) -> int:
     if args.rebuild or args.reuse_gallery:
         stored = Gallery.load(gallery_path, None if args.rebuild else system.embedder_sha256)
     folder = IdentityFolder(identities_root)
-    test = split_identities(folder, floors.unknown_fraction, floors.gallery_images_per_identity,
+    test = gallery_probe_split(folder, floors.unknown_fraction, floors.gallery_images_per_identity,
                             floors.max_probes_per_identity, config.runtime.seed)
     if stored is not None:  # the stored gallery decides who is enrolled; every test image not in it is a probe
         sources = {s for identity in stored for s in identity.sources}

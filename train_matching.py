@@ -1,7 +1,7 @@
 """Stage 3: the verification matcher - a tuned similarity threshold and/or a calibrated pair classifier.
 
     python train_matching.py                                  # both methods on the validation pairs, keep the better
-    python train_matching.py --method threshold               # the guide's fine_tune_threshold approach only
+    python train_matching.py --method threshold               # the threshold search only (fine_tune_threshold)
     python train_matching.py --set matching.metric=euclidean  # threshold on L2 distance instead of cosine
     python train_matching.py --pairs DIR/pairs.txt --images DIR/images --aligned-input
 
@@ -55,7 +55,7 @@ from utils.metrics import VerificationResult, fine_tune_threshold, pair_scores, 
 from utils.plots import plot_roc, plot_score_histograms
 from utils.seed import seed_everything
 
-GUIDE_COSINE_RANGE = (0.6, 0.8)  # the guide's expected cosine-similarity threshold
+TYPICAL_COSINE_RANGE = (0.6, 0.8)  # a rule of thumb for the cosine threshold (README, "Match"); printed, not enforced
 MAX_NEGATIVE_PAIRS = 200_000  # different-person pairs scored for the false-accept curve (sampled beyond this)
 
 
@@ -396,9 +396,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"note ({r.name}): {note}")
     threshold_result = next((r for r in results if isinstance(r.matcher, ThresholdMatcher)), None)
     if threshold_result is not None and settings.metric == "cosine":
-        low, high = GUIDE_COSINE_RANGE
+        low, high = TYPICAL_COSINE_RANGE
         where = "inside" if low <= threshold_result.metrics["threshold"] <= high else "outside"
-        print(f"cosine-similarity threshold {threshold_result.metrics['threshold']:.4f} ({where} the guide's expected "
+        print(f"cosine-similarity threshold {threshold_result.metrics['threshold']:.4f} ({where} the usual "
               f"{low}-{high}; the right value depends on the embedder and its training)")
 
     chosen = choose(results)

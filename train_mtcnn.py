@@ -34,8 +34,8 @@ from datasets.decoding import decoded_batches, keep_batch
 from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
-from models.detector import STAGES, DetectorSettings, FaceDetector
-from models.mtcnn import NET_INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, build_net
+from models.detector import DetectorSettings, FaceDetector
+from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_MULTIPLIER, build_net
 from models.weights import load_net
 from training.mtcnn.evaluation import (
     CascadeEvaluation,
@@ -85,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Train the MTCNN face detector (P-Net -> R-Net -> O-Net) with hard-example mining, "
                     "and evaluate it (precision, recall, AP, per-stage recall/precision, landmark error).",
     )
-    parser.add_argument("--stage", choices=(*STAGES, "all"), default="all",
+    parser.add_argument("--stage", choices=(*NET_NAMES, "all"), default="all",
                         help="which net to train; 'all' trains P, R and O in order, mining samples between them")
     parser.add_argument("--output-dir", default=None,
                         help="run folder (default: <paths.runs_dir>/mtcnn); holds samples/, pnet/, rnet/, onet/")
@@ -213,7 +213,7 @@ def load_data(config: Config, log: BadInputLog) -> MTCNNData:
 def make_detector(nets: dict[str, nn.Module], config: Config, device: torch.device,
                   thresholds: tuple[float, float, float] | None = None) -> FaceDetector:
     """A FaceDetector from the nets trained so far (later positions get untrained nets that are never run)."""
-    filled = [nets[name] if name in nets else build_net(name) for name in STAGES]
+    filled = [nets[name] if name in nets else build_net(name) for name in NET_NAMES]
     settings = DetectorSettings.from_config(config.detector)
     if thresholds is not None:
         settings.thresholds = thresholds
@@ -227,7 +227,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Run the cascade once and keep each stage's output per image: ``[{stage: (boxes, scores)}]``."""
-    stages = STAGES[:STAGES.index(until) + 1]
+    stages = NET_NAMES[:NET_NAMES.index(until) + 1]
     per_image: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in images]
     with torch.inference_mode():
         prep = detector.prepare(images)
@@ -260,7 +260,7 @@ def landmark_error(net: nn.Module, items: list[LandmarkItem], device: torch.devi
                    batch: int = 256) -> dict[str, float]:
     """Landmark error of one net on faces cropped square around their boxes: mean NME (inter-ocular) and failures > 0.1."""
     size = NET_INPUT_SIZE[type(net).__name__.lower()]
-    net = net.to(device).train()  # train mode: plain heads; no layer here behaves differently in eval
+    net = net.to(device).eval()
     errors = []
     for start in range(0, len(items), batch):
         crops, frames, truth = [], [], []
@@ -277,7 +277,7 @@ def landmark_error(net: nn.Module, items: list[LandmarkItem], device: torch.devi
         if not crops:
             continue
         with torch.no_grad():
-            out = net(to_net_input(torch.from_numpy(np.stack(crops)), device))
+            out = net(to_net_input(torch.from_numpy(np.stack(crops)), device), logits=True)
         frame, inclusive = target_frame(np.stack(frames), size)
         points = decode_landmarks(frame, out.landmarks.reshape(len(crops), 10).double().cpu(), inclusive=inclusive)
         errors.append(landmark_nme(points.numpy(), np.stack(truth)))
@@ -304,9 +304,9 @@ def evaluate(nets: dict[str, nn.Module], data: MTCNNData, until: str, config: Co
     the evaluation detector returns. Landmark error is measured when the last net has a landmark head.
     """
     m = config.mtcnn
-    stages = STAGES[:STAGES.index(until) + 1]
+    stages = NET_NAMES[:NET_NAMES.index(until) + 1]
     detector = evaluation_detector(nets, config, until, device)
-    operating = config.detector.thresholds[STAGES.index(until)]
+    operating = config.detector.thresholds[NET_NAMES.index(until)]
     evaluation = CascadeEvaluation(stages, m.eval_iou, config.detector.min_face_size, tuple(data.keep), operating)
     start = time.perf_counter()
     for batch in _image_batches([item.image_path for item in data.val], m.eval_batch_images, workers, log):
@@ -383,7 +383,7 @@ def build_samples(stage: str, config: Config, data: MTCNNData, run_dir: Path, ne
     for split, items, marks in (("train", data.train, data.landmarks_train), ("val", data.val, data.landmarks_test)):
         store = run_dir / "samples" / f"{stage}_{split}"
         settings = _sample_settings(config, stage, sources, split, (len(items), len(marks)))
-        seed = config.runtime.seed * 1000 + STAGES.index(stage) * 10 + (split == "val")
+        seed = config.runtime.seed * 1000 + NET_NAMES.index(stage) * 10 + (split == "val")
         summary = generate_samples(store, cfg.size, items, marks, m, cfg, seed=seed, workers=workers, log=log,
                                    detect=detect, settings=settings, progress=logger.enabled)
         for line in summary.lines():
@@ -398,7 +398,7 @@ def build_samples(stage: str, config: Config, data: MTCNNData, run_dir: Path, ne
 def to_net_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """[B, S, S, 3] RGB pixels (uint8 or float 0..255) -> float [B, 3, S, S] as (x - 127.5) / 128 on ``device``."""
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return (x - PIXEL_MEAN) * PIXEL_SCALE
+    return (x - PIXEL_MEAN) * PIXEL_MULTIPLIER
 
 
 def _forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: MTCNNLoss, device: torch.device,
@@ -406,7 +406,7 @@ def _forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: MTC
     images = batch["images"].to(device, non_blocking=True)
     if augment is not None and (augment.jitter > 0 or augment.occlusion > 0 or augment.blur > 0):
         images = augment_batch(images, batch["kinds"], augment.jitter, augment.occlusion, augment.blur)
-    out = model(to_net_input(images, device))
+    out = model(to_net_input(images, device), logits=True)
     n = len(batch["kinds"])
     landmarks = out.landmarks.reshape(n, 10) if out.landmarks is not None else None
     return loss_fn(out.face.reshape(n, 2), out.box.reshape(n, 4), landmarks,
@@ -469,7 +469,7 @@ def validation_loss(model: nn.Module, store: PackedSamples, loss_fn: MTCNNLoss, 
                     batch_size: int) -> dict[str, float]:
     """Loss and per-type figures over the whole validation sample store (no OHEM: every sample counts)."""
     net = unwrap(model)
-    net.train()  # logits, not probabilities; these nets have no dropout or batch norm
+    net.eval()
     totals: dict[str, Any] = {}
     for first in range(0, len(store), batch_size):
         batch = store.__getitems__(list(range(first, min(first + batch_size, len(store)))))
@@ -526,7 +526,7 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
 
     # Each stage starts from its own seed: the same initial weights and augmentation stream whether its samples
     # were generated now (which draws random numbers) or reused, and whether earlier stages ran in this process.
-    seed_everything(config.runtime.seed + 1000 * STAGES.index(stage) + dist.rank, config.runtime.deterministic)
+    seed_everything(config.runtime.seed + 1000 * NET_NAMES.index(stage) + dist.rank, config.runtime.deterministic)
     model = build_model(stage, cfg, args.from_pretrained).to(dist.device, memory_format=torch.channels_last)
     if dist.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
@@ -596,7 +596,7 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
 def _earlier_nets(stage: str, run_dir: Path, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The best checkpoints of the stages before ``stage`` (they must exist), with their fingerprints."""
     nets, sources = {}, {}
-    for earlier in STAGES[:STAGES.index(stage)]:
+    for earlier in NET_NAMES[:NET_NAMES.index(stage)]:
         path = run_dir / earlier / "best.pt"
         if not path.is_file():
             raise DataError(path, f"{stage} needs a trained {earlier}; run --stage {earlier} (or --stage all) first")
@@ -610,7 +610,7 @@ def test_only(args: argparse.Namespace, config: Config, data: MTCNNData, run_dir
     """Evaluate the cascade up to --stage from the run's best checkpoints, or the original weights."""
     until = "onet" if args.stage == "all" else args.stage
     nets = {}
-    for stage in STAGES[:STAGES.index(until) + 1]:
+    for stage in NET_NAMES[:NET_NAMES.index(until) + 1]:
         source = args.from_pretrained if args.from_pretrained else run_dir / stage / "best.pt"
         nets[stage] = load_net(source, stage).to(device)
     name = "pretrained" if args.from_pretrained else "trained"
@@ -654,7 +654,7 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if dist.is_main:
             save_config(config, run_dir / "config.json")
-        stages = STAGES if args.stage == "all" else (args.stage,)
+        stages = NET_NAMES if args.stage == "all" else (args.stage,)
         nets, sources = _earlier_nets(stages[0], run_dir, dist.device)
         started = time.perf_counter()
         reports = {}

@@ -250,7 +250,7 @@ def _record(report: AlignReport, photo: Photo, status: str, faces: int) -> str:
 # --- held-out identities and their pairs file --------------------------------------------------------------
 
 
-def split_identities(identities: Sequence[str], holdout: int, seed: int) -> tuple[list[str], list[str]]:
+def hold_out_identities(identities: Sequence[str], holdout: int, seed: int) -> tuple[list[str], list[str]]:
     """(train, held-out) identity lists: ``holdout`` identities drawn by ``seed``, both sorted."""
     names = sorted(set(identities))
     if not 0 <= holdout < len(names):
@@ -368,7 +368,7 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
         targets = [CropTarget(job.out, a.eval_size, a.margin)]
         held: list[str] = []
     else:
-        train_ids, held = split_identities([p.identity for p in photos], job.holdout, config.runtime.seed)
+        train_ids, held = hold_out_identities([p.identity for p in photos], job.holdout, config.runtime.seed)
         targets = [CropTarget(job.out, a.train_size, train_margin, frozenset(train_ids) if held else None)]
         if held:
             targets.append(CropTarget(job.out.parent / "test" / "images", a.eval_size, a.margin, frozenset(held),

@@ -44,7 +44,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from config import DetectorBackend
-from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_SCALE, NetOutput
+from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_MULTIPLIER, NetOutput
 from models.weights import WHEEL_SOURCE, load_net
 from utils.area_resize import area_resize, integral_image, mean_pixels, take_difference
 from utils.boxes import apply_box_regression, decode_landmarks, nms, square_boxes
@@ -52,7 +52,6 @@ from utils.device import select_device
 from utils.errors import ConfigError, DataError
 from utils.images import pil_to_rgb
 
-STAGES = ("pnet", "rnet", "onet")
 BACKENDS = get_args(DetectorBackend)  # how the nets run: PyTorch modules, or exported files on ONNX Runtime
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -304,7 +303,7 @@ def pyramid_scales(height: int, width: int, min_face_size: float, factor: float)
 
 def _net_input(sums: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Area sums -> mean pixel -> the networks' input scale."""
-    return mean_pixels(sums, rows, cols).sub_(PIXEL_MEAN).mul_(PIXEL_SCALE)
+    return mean_pixels(sums, rows, cols).sub_(PIXEL_MEAN).mul_(PIXEL_MULTIPLIER)
 
 
 def _concat(parts: list[Candidates]) -> Candidates:
@@ -568,7 +567,7 @@ class FaceDetector:
                 parts.append(self._run(name, crops))
         with self._clock(timer, "boxes"):
             face = torch.cat([p.face for p in parts])[:, 1]
-            keep = face > self.settings.thresholds[STAGES.index(name)]
+            keep = face > self.settings.thresholds[NET_NAMES.index(name)]
             boxes = cands.boxes[keep]
             marks = None
             if parts[0].landmarks is not None:
@@ -624,8 +623,8 @@ class FaceDetector:
         ``until="pnet"|"rnet"`` stops after that stage (hard-example mining, per-stage evaluation).
         ``timer`` (a :class:`StageTimer`) accumulates seconds per stage.
         """
-        if until not in STAGES:
-            raise ValueError(f"until must be one of {STAGES}, got {until!r}")
+        if until not in NET_NAMES:
+            raise ValueError(f"until must be one of {NET_NAMES}, got {until!r}")
         with torch.inference_mode():
             prep = self.prepare(images, channel_order, timer)
             cands = self.pnet_stage(prep, timer)

@@ -22,7 +22,7 @@ from utils.errors import ConfigError
 BACKBONES = get_args(Backbone)
 INCEPTION_MIN_INPUT = 75  # smallest side for which Inception-ResNet-v1's reductions leave a 1x1 grid
 PIXEL_MEAN = 127.5
-PIXEL_SCALE = 128.0
+PIXEL_DIVISOR = 128.0
 
 
 def build_backbone(
@@ -56,7 +56,7 @@ def standardize(images: Tensor, mode: str = "fixed") -> Tensor:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
         return (x - mean) / std
-    return (x - PIXEL_MEAN) / PIXEL_SCALE
+    return (x - PIXEL_MEAN) / PIXEL_DIVISOR
 
 
 def _as_batch(images: Tensor | Sequence[np.ndarray], size: int) -> Tensor:

@@ -1,11 +1,11 @@
-"""The gallery (the guide's "storage"): enrolled identities, each with one or more face embeddings and the
+"""The gallery: enrolled identities, each with one or more face embeddings and the
 source images they came from, tagged with the SHA-256 of the embedder that made them.
 
 Saved as one ``.pt`` file of plain tensors, strings and lists (loaded with ``weights_only=True``), written
 atomically: a crash mid-write leaves the previous gallery intact. Embeddings of different embedders are
 never mixed: adding or loading with another fingerprint is an error, and :meth:`Gallery.rebuild`
-re-embeds the stored source images with the new models instead (the guide's "retrain storage with new
-embeddings").
+re-embeds the stored source images with the new models instead (README, "Check the whole system":
+``--rebuild``).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Two kinds, one interface (``score``, ``decide``, ``score_matrix``, ``save``/``load_matcher``):
 
-* :class:`ThresholdMatcher` - cosine similarity or L2 distance against a threshold (the guide's
-  ``fine_tune_threshold`` approach), the threshold chosen on validation pairs by ``train_matching.py``.
+* :class:`ThresholdMatcher` - cosine similarity or L2 distance against a threshold
+  (``utils.metrics.fine_tune_threshold``), the threshold chosen on validation pairs by ``train_matching.py``.
 * :class:`ClassifierMatcher` - a linear scikit-learn classifier (logistic regression by default) on pair
   features ``|a-b|, a*b, cosine, distance``, with probabilities calibrated on held-out identities.
 

@@ -8,10 +8,11 @@ head's two keys as missing.
 
 Every net returns a :class:`NetOutput` ``(box, landmarks, face)``: box offsets (x1, y1, x2, y2 over
 the window size), landmarks (x1..x5 then y1..y5, relative to the window) or ``None``, and the
-face/non-face pair: raw logits in training mode, softmax probabilities in eval mode. In eval mode the
-output heads run as one fused layer (one convolution or matrix product instead of two or three), and
-without autograd the 2x2 max-pools of channels-last maps run as two element-wise maxima; both give
-the same numbers as the plain layers, faster (see ``bench/bench_detector.py``).
+face/non-face pair: softmax probabilities, or raw logits when called as ``net(x, logits=True)`` (what the
+training loss and evaluation losses take); the mode (train/eval) does not change the output. For
+probabilities the output heads run as one fused layer (one convolution or matrix product instead of two
+or three), and without autograd the 2x2 max-pools of channels-last maps run as two element-wise maxima;
+both give the same numbers as the plain layers, faster (see ``bench/bench_detector.py``).
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from torch import Tensor, nn
 
 NET_NAMES = ("pnet", "rnet", "onet")
 NET_INPUT_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
-PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the networks' input scaling: (x - 127.5) / 128
+PIXEL_MEAN, PIXEL_MULTIPLIER = 127.5, 0.0078125  # the networks' input: (x - PIXEL_MEAN) * PIXEL_MULTIPLIER, i.e. / 128
 
 
 class NetOutput(NamedTuple):
-    """What every MTCNN net returns: box offsets, landmark offsets (or None) and face logits/probabilities."""
+    """What every MTCNN net returns: box offsets, landmark offsets (or None) and face probabilities (or logits)."""
 
     box: Tensor
     landmarks: Tensor | None
@@ -43,7 +44,7 @@ def _fused_heads(features: Tensor, heads: list[nn.Module], conv: bool) -> list[T
 
 
 class _MTCNNNet(nn.Module):
-    """Shared head logic: the face, box and optional landmark heads, logits vs probabilities."""
+    """Shared head logic: the face, box and optional landmark heads, probabilities or logits."""
 
     input_size: int
     face_head: str
@@ -65,17 +66,18 @@ class _MTCNNNet(nn.Module):
         """Whether this net predicts the five landmarks."""
         return hasattr(self, self.landmark_head)
 
-    def _heads(self, features: Tensor, conv: bool) -> NetOutput:
-        """Apply the output heads; fused and softmaxed in eval mode, separate logits in training mode."""
+    def _heads(self, features: Tensor, conv: bool, logits: bool) -> NetOutput:
+        """Apply the output heads: as separate layers giving face logits (``logits``: for a loss), or as one fused
+        layer whose face pair is softmaxed into probabilities (inference, the detector, the exported files)."""
         names = [self.box_head, self.face_head] + ([self.landmark_head] if self.has_landmarks else [])
         heads = [getattr(self, name) for name in names]
-        if self.training:
+        if logits:
             outs = [head(features) for head in heads]
         else:
             outs = _fused_heads(features, heads, conv)
         box, face = outs[0], outs[1]
         landmarks = outs[2] if len(outs) == 3 else None
-        if not self.training:
+        if not logits:
             face = torch.softmax(face, dim=1)
         return NetOutput(box, landmarks, face)
 
@@ -124,13 +126,13 @@ class PNet(_MTCNNNet):
         if landmarks:
             self.conv4_3 = nn.Conv2d(32, 10, kernel_size=1)
 
-    def forward(self, x: Tensor) -> NetOutput:
+    def forward(self, x: Tensor, logits: bool = False) -> NetOutput:
         """Map N x 3 x H x W images (scaled to [-1, 1]) to per-window outputs of spatial size ((H-10)/2)."""
         self._check_input(x)
         x = max_pool_2x2(self.prelu1(self.conv1(x)), self.pool1)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
-        return self._heads(x, conv=True)
+        return self._heads(x, conv=True, logits=logits)
 
 
 class RNet(_MTCNNNet):
@@ -156,14 +158,14 @@ class RNet(_MTCNNNet):
         if landmarks:
             self.dense5_3 = nn.Linear(128, 10)
 
-    def forward(self, x: Tensor) -> NetOutput:
+    def forward(self, x: Tensor, logits: bool = False) -> NetOutput:
         """Map N x 3 x 24 x 24 crops (scaled to [-1, 1]) to N-row outputs."""
         self._check_input(x)
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.prelu3(self.conv3(x))
         x = self.prelu4(self.dense4(_flatten_whc(x)))
-        return self._heads(x, conv=False)
+        return self._heads(x, conv=False, logits=logits)
 
 
 class ONet(_MTCNNNet):
@@ -191,7 +193,7 @@ class ONet(_MTCNNNet):
         self.dense6_2 = nn.Linear(256, 4)
         self.dense6_3 = nn.Linear(256, 10)
 
-    def forward(self, x: Tensor) -> NetOutput:
+    def forward(self, x: Tensor, logits: bool = False) -> NetOutput:
         """Map N x 3 x 48 x 48 crops (scaled to [-1, 1]) to N-row outputs, landmarks included."""
         self._check_input(x)
         x = self.pool1(self.prelu1(self.conv1(x)))
@@ -199,7 +201,7 @@ class ONet(_MTCNNNet):
         x = max_pool_2x2(self.prelu3(self.conv3(x)), self.pool3)
         x = self.prelu4(self.conv4(x))
         x = self.prelu5(self.dense5(_flatten_whc(x)))
-        return self._heads(x, conv=False)
+        return self._heads(x, conv=False, logits=logits)
 
 
 def build_net(name: str, landmarks: bool | None = None) -> _MTCNNNet:

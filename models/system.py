@@ -34,7 +34,7 @@ from utils.errors import BadInputLog, DataError
 from utils.hashing import sha256_file
 from utils.images import read_image
 
-STAGES = ("read", "detect", "align", "embed", "match")
+PIPELINE_STEPS = ("read", "detect", "align", "embed", "match")
 ImageInput = str | Path | np.ndarray
 
 
@@ -125,8 +125,8 @@ class StageTimes:
     """Seconds and images per stage, summed over calls; ``per_image`` gives mean seconds per image."""
 
     def __init__(self) -> None:
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-        self.images = dict.fromkeys(STAGES, 0)
+        self.seconds = dict.fromkeys(PIPELINE_STEPS, 0.0)
+        self.images = dict.fromkeys(PIPELINE_STEPS, 0)
 
     @contextlib.contextmanager
     def stage(self, name: str, images: int) -> Iterator[None]:
@@ -140,7 +140,7 @@ class StageTimes:
 
     def per_image(self) -> dict[str, float]:
         """Mean seconds per image of each stage that ran."""
-        return {name: self.seconds[name] / self.images[name] for name in STAGES if self.images[name]}
+        return {name: self.seconds[name] / self.images[name] for name in PIPELINE_STEPS if self.images[name]}
 
     def reset(self) -> None:
         """Forget the times measured so far."""

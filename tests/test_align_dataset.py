@@ -19,7 +19,7 @@ from datasets.align_dataset import (
     framing_margins,
     list_photos,
     make_pairs,
-    split_identities,
+    hold_out_identities,
 )
 from datasets.lfw import read_pairs, write_pairs
 from datasets.recordio import RecordHeader, pack_record, write_recordio
@@ -60,11 +60,11 @@ def test_training_crop_centre_is_the_evaluation_crop() -> None:
 
 
 def test_held_out_identities_and_their_pairs_file(tmp_path: Path) -> None:
-    train, held = split_identities([f"id{i}" for i in range(12)] * 2, 5, seed=3)
+    train, held = hold_out_identities([f"id{i}" for i in range(12)] * 2, 5, seed=3)
     assert len(held) == 5 and len(train) == 7 and not set(train) & set(held)
-    assert split_identities([f"id{i}" for i in range(12)], 5, seed=3) == (train, held)
+    assert hold_out_identities([f"id{i}" for i in range(12)], 5, seed=3) == (train, held)
     with pytest.raises(ConfigError):
-        split_identities(["a", "b"], 2, seed=0)
+        hold_out_identities(["a", "b"], 2, seed=0)
     for number, name in enumerate(held):
         (tmp_path / name).mkdir()
         for index in range(1, 3 + number % 2 + 1):

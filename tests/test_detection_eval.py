@@ -124,7 +124,7 @@ def test_cascade_report_with_subsets_and_plot(tmp_path):
     report = evaluation.report()
     assert report["recall"] == pytest.approx(2 / 3)  # the last stage (rnet) found 2 of 3
     assert report["stages"]["pnet"]["recall"] == pytest.approx(1.0)
-    assert report["stages"]["pnet"]["guide_expects"] == {"recall": 0.9}
+    assert report["stages"]["pnet"]["target"] == {"recall": 0.9}
     assert report["subsets"]["easy"] == pytest.approx(1.0)  # only face 0 counts; the other hit is ignored
     lines = format_report(report)
     assert "after pnet: recall 1.0000" in lines[1] and "WIDER easy: AP 1.0000" in lines[-1]

@@ -17,8 +17,8 @@ import torch
 import training.facenet.epoch
 import utils.training
 from datasets.synthetic import generate_synthetic_set
-from models.detector import STAGES, FaceDetector
-from models.mtcnn import ONet, PNet, RNet
+from models.detector import FaceDetector
+from models.mtcnn import NET_NAMES, ONet, PNet, RNet
 from tests.conftest import run_script
 from tests.test_reliability_resume import (
     MTCNN_SPEC,
@@ -69,7 +69,7 @@ def test_mtcnn_stages_train_stop_resume_and_mine_on(device: str, mtcnn_data: Pat
     assert run_script("train_mtcnn.py", mtcnn_argv(mtcnn_data, out, "pnet", *on_device)) == 130
     monkeypatch.undo()
     assert checkpoint(out / "pnet" / "last.pt")["batches_done"] == 7
-    for stage in STAGES:  # P-Net resumes; R and O mine with the nets before them, on the device
+    for stage in NET_NAMES:  # P-Net resumes; R and O mine with the nets before them, on the device
         assert run_script("train_mtcnn.py", mtcnn_argv(mtcnn_data, out, stage, "--resume", *on_device)) == 0
         losses = _losses(out / stage / "metrics_train.csv")
         assert len(losses) == 3 and all(map(math.isfinite, losses)) and losses[-1] < losses[0], (stage, losses)

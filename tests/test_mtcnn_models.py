@@ -1,4 +1,4 @@
-"""P-Net/R-Net/O-Net: shapes, logits vs probabilities, the original weights, and weight import/export."""
+"""P-Net/R-Net/O-Net: shapes, probabilities vs ``logits=True``, the original weights, and weight import/export."""
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +26,7 @@ def test_output_shapes_and_modes(name: str) -> None:
     net = build_net(name, landmarks=True)
     x = torch.randn(*INPUTS[name])
     net.train()
-    logits = net(x)
+    logits = net(x, logits=True)
     assert isinstance(logits, NetOutput)
     n = x.shape[0]
     if name == "pnet":
@@ -36,9 +36,10 @@ def test_output_shapes_and_modes(name: str) -> None:
     else:
         assert logits.face.shape == (n, 2) and logits.box.shape == (n, 4)
         assert logits.landmarks is not None and logits.landmarks.shape == (n, 10)
-    net.eval()
     probs = net(x)
-    # eval runs the heads fused and returns probabilities; they equal the softmax of the training logits
+    assert all(torch.equal(a, b) for a, b in zip(probs, net.eval()(x)))  # the mode does not change the output
+    torch.testing.assert_close(net(x, logits=True).face, logits.face, rtol=0, atol=0)
+    # probabilities come from the fused heads; they equal the softmax of the logits
     torch.testing.assert_close(probs.face, torch.softmax(logits.face, dim=1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(probs.box, logits.box, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(probs.landmarks, logits.landmarks, rtol=1e-5, atol=1e-6)
@@ -48,7 +49,7 @@ def test_output_shapes_and_modes(name: str) -> None:
 def test_training_mode_has_gradients_through_every_head() -> None:
     torch.manual_seed(0)
     net = RNet(landmarks=True).train()
-    out = net(torch.randn(3, 3, 24, 24))
+    out = net(torch.randn(3, 3, 24, 24), logits=True)
     (out.face.sum() + out.box.sum() + out.landmarks.sum()).backward()
     for name in ("dense5_1", "dense5_2", "dense5_3", "conv1"):
         assert getattr(net, name).weight.grad is not None and getattr(net, name).weight.grad.abs().sum() > 0

@@ -20,7 +20,8 @@ import torch
 from datasets.fddb import FddbAnnotation, write_fddb_ellipses
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
 from datasets.wider import read_wider_annotations, wider_split_paths
-from models.detector import STAGES, FaceDetector
+from models.detector import FaceDetector
+from models.mtcnn import NET_NAMES
 from tests.conftest import REPO, run_script
 from training.mtcnn.evaluation import DetectionEvaluator
 from training.mtcnn.loss import MTCNNLoss, summarize_stats
@@ -124,7 +125,7 @@ def _chance_recall(data_root: Path, boxes_per_image: float, seed: int = 0) -> fl
 
 def test_every_stage_learns_and_beats_chance_on_held_out_images(trained, data_root):
     report = json.loads((trained / "report.json").read_text())
-    for stage in STAGES:
+    for stage in NET_NAMES:
         train_rows, val_rows = _rows(trained / stage / "metrics_train.csv"), _rows(trained / stage / "metrics_val.csv")
         assert float(train_rows[-1]["loss"]) < 0.8 * float(train_rows[0]["loss"]), f"{stage} training loss did not fall"
         assert val_rows[0]["epoch"] == "0", "the first validation row is the untrained baseline"
@@ -140,7 +141,7 @@ def test_every_stage_learns_and_beats_chance_on_held_out_images(trained, data_ro
 
 
 def test_trained_checkpoints_load_into_the_detector(trained, data_root):
-    detector = FaceDetector.from_checkpoints(*(trained / s / "best.pt" for s in STAGES))
+    detector = FaceDetector.from_checkpoints(*(trained / s / "best.pt" for s in NET_NAMES))
     images_dir, _ = wider_split_paths(data_root / "synthetic_faces", "val")
     image = read_image(next(images_dir.rglob("*.jpg")))
     found = detector.detect([image])[0]

@@ -29,7 +29,7 @@ import torch
 import utils.training
 from datasets.lfw import Pair, write_pairs
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
-from models.detector import STAGES
+from models.mtcnn import NET_NAMES
 from tests.conftest import REPO, run_script
 from utils.images import write_image
 
@@ -272,7 +272,7 @@ def mtcnn_unbroken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("mtcnn_resume")
     generate_synthetic_set(root / "data" / "synthetic_faces", MTCNN_SPEC, workers=1, progress=False)
     with one_torch_thread():
-        for stage in STAGES:
+        for stage in NET_NAMES:
             argv = mtcnn_argv(root / "data", root / "unbroken", stage)
             assert run_script("train_mtcnn.py", argv) == 0
     return root / "data", root / "unbroken"
@@ -281,14 +281,14 @@ def mtcnn_unbroken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def _copy_inputs(stage: str, unbroken: Path, out: Path) -> None:
     """Give a new run folder the unbroken run's earlier nets and this stage's finished sample stores (the same
     bytes a fresh run would write: a store is regenerated only when its settings or earlier nets differ)."""
-    for earlier in STAGES[:STAGES.index(stage)]:
+    for earlier in NET_NAMES[:NET_NAMES.index(stage)]:
         (out / earlier).mkdir(parents=True)
         shutil.copy2(unbroken / earlier / "best.pt", out / earlier / "best.pt")
     for split in ("train", "val"):
         shutil.copytree(unbroken / "samples" / f"{stage}_{split}", out / "samples" / f"{stage}_{split}")
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", NET_NAMES)
 def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, mtcnn_unbroken: tuple[Path, Path],
                                                                     tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -188,7 +188,7 @@ def test_refuses_to_overwrite_foreign_data_and_bad_specs(tmp_path):
         dataclasses.replace(TINY, min_face=4)
 
 
-def test_default_spec_meets_the_guide_minimum():
+def test_default_spec_is_big_enough_to_train_on():
     spec = SyntheticSpec()
     assert spec.train_identities >= 100 and spec.images_per_identity >= 5
     assert spec.val_folds == 10 and spec.min_face <= 12 and spec.max_face >= 250

@@ -139,7 +139,7 @@ def test_settings_are_checked() -> None:
         TripletLoss(margin=0.0)
     with pytest.raises(ValueError, match="expected embeddings"):
         triplet_loss(torch.zeros(4, 2), torch.zeros(3))
-    assert TripletLoss(margin=1.0, mining="batch_hard").margin == 1.0  # the guide's "0.5+" range is allowed
+    assert TripletLoss(margin=1.0, mining="batch_hard").margin == 1.0  # margins up to 1 are allowed
 
 
 def _toy_identities(num_ids: int, per_id: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -26,7 +26,7 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     return box_convert(boxes, "xyxy", "xywh")
 
 
-def box_sizes(boxes: Tensor, inclusive: bool = False) -> tuple[Tensor, Tensor]:
+def widths_heights(boxes: Tensor, inclusive: bool = False) -> tuple[Tensor, Tensor]:
     """Widths and heights of ``[N, 4]`` boxes under the given size convention."""
     extra = 1.0 if inclusive else 0.0
     return boxes[:, 2] - boxes[:, 0] + extra, boxes[:, 3] - boxes[:, 1] + extra
@@ -45,7 +45,7 @@ def boxes_outside_image(boxes: np.ndarray, width: int, height: int) -> tuple[np.
 
 def square_boxes(boxes: Tensor) -> Tensor:
     """Grow each box to a square of side max(width, height) around the same centre."""
-    w, h = box_sizes(boxes)
+    w, h = widths_heights(boxes)
     side = torch.maximum(w, h)
     x1 = boxes[:, 0] + w * 0.5 - side * 0.5
     y1 = boxes[:, 1] + h * 0.5 - side * 0.5
@@ -59,21 +59,21 @@ def clip_boxes(boxes: Tensor, width: int, height: int) -> Tensor:
 
 def apply_box_regression(boxes: Tensor, offsets: Tensor, inclusive: bool = False) -> Tensor:
     """Move each box edge by its offset times the box size (the MTCNN box-regression decoding)."""
-    w, h = box_sizes(boxes, inclusive)
+    w, h = widths_heights(boxes, inclusive)
     scale = torch.stack([w, h, w, h], dim=1)
     return boxes[:, :4] + offsets[:, :4].to(boxes.dtype) * scale
 
 
 def box_regression_targets(boxes: Tensor, targets: Tensor, inclusive: bool = False) -> Tensor:
     """Offsets that :func:`apply_box_regression` turns ``boxes`` into ``targets`` with (training labels)."""
-    w, h = box_sizes(boxes, inclusive)
+    w, h = widths_heights(boxes, inclusive)
     scale = torch.stack([w, h, w, h], dim=1)
     return (targets[:, :4] - boxes[:, :4]) / scale
 
 
 def decode_landmarks(boxes: Tensor, offsets: Tensor, inclusive: bool = False) -> Tensor:
     """Turn ``[N, 10]`` landmark offsets (x1..x5, y1..y5, relative to the box) into ``[N, 5, 2]`` pixels."""
-    w, h = box_sizes(boxes, inclusive)
+    w, h = widths_heights(boxes, inclusive)
     start = 1.0 if inclusive else 0.0
     xs = boxes[:, 0:1] - start + offsets[:, 0:5].to(boxes.dtype) * w[:, None]
     ys = boxes[:, 1:2] - start + offsets[:, 5:10].to(boxes.dtype) * h[:, None]
@@ -82,7 +82,7 @@ def decode_landmarks(boxes: Tensor, offsets: Tensor, inclusive: bool = False) ->
 
 def encode_landmarks(boxes: Tensor, points: Tensor, inclusive: bool = False) -> Tensor:
     """Inverse of :func:`decode_landmarks`: ``[N, 5, 2]`` pixel points to ``[N, 10]`` box-relative offsets."""
-    w, h = box_sizes(boxes, inclusive)
+    w, h = widths_heights(boxes, inclusive)
     start = 1.0 if inclusive else 0.0
     xs = (points[:, :, 0] - boxes[:, 0:1] + start) / w[:, None]
     ys = (points[:, :, 1] - boxes[:, 1:2] + start) / h[:, None]

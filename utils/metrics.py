@@ -107,7 +107,7 @@ def _best_similarity_threshold(sim: np.ndarray, same: np.ndarray) -> tuple[float
 def fine_tune_threshold(
     scores: np.ndarray | Sequence[float], same: np.ndarray | Sequence[bool], higher_is_same: bool = True
 ) -> tuple[float, float]:
-    """The guide's threshold search: the best-accuracy threshold on these pairs and its accuracy."""
+    """The best-accuracy threshold on these pairs and its accuracy (what each fold of the LFW protocol picks)."""
     sim = _as_similarity(scores, higher_is_same)
     labels = _as_labels(same, sim.shape[0])
     if sim.shape[0] == 0:

@@ -37,8 +37,8 @@ class TripletStats:
 
     Fractions are over all valid triplets (a, p, n) in the batch - anchor and positive share an identity,
     a != p, the negative has another identity - whatever the mining, except ``mined_active_fraction``
-    (share of the triplets the loss used that have a non-zero hinge). ``triplet_accuracy`` is the guide's
-    "training accuracy": share of valid triplets whose negative is farther from the anchor than the positive.
+    (share of the triplets the loss used that have a non-zero hinge). ``triplet_accuracy`` is the training
+    accuracy: share of valid triplets whose negative is farther from the anchor than the positive.
     """
 
     active_fraction: Tensor

@@ -33,7 +33,7 @@ class ImageMatch:
     faces: int  # faces that count (not ignored)
 
 
-def box_sizes(boxes: np.ndarray) -> np.ndarray:
+def longer_sides(boxes: np.ndarray) -> np.ndarray:
     """The longer side of each x1, y1, x2, y2 box (the 'face size' minimum sizes are compared with)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
@@ -105,9 +105,9 @@ class DetectionEvaluator:
         """Match one image's detections (x1, y1, x2, y2) against its faces and remember the result."""
         gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
         ignore = np.zeros(len(gt_boxes), dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, dtype=bool).copy()
-        ignore |= box_sizes(gt_boxes) < self.min_face_size
+        ignore |= longer_sides(gt_boxes) < self.min_face_size
         match = match_detections(boxes, scores, gt_boxes, ignore, self.iou_threshold)
-        small = box_sizes(boxes) < self.min_face_size
+        small = longer_sides(boxes) < self.min_face_size
         match.ignored |= small & ~match.hits
         self.matches.append(match)
         return match
@@ -207,8 +207,9 @@ def save_pr_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndar
 
 # --- a cascade's evaluation: every stage, the whole split and the official subsets -------------------------
 
-# What the guide expects of each stage (TRAINING_GUIDE.md, "Expected Results").
-GUIDE_EXPECTS = {"pnet": ("recall", 0.90), "rnet": ("precision", 0.95), "onet": ("precision", 0.98)}
+# The target figure of each stage (README, "Train a detector"): P-Net must keep nearly every face for the later
+# stages, R-Net and O-Net must remove the false candidates.
+STAGE_TARGETS = {"pnet": ("recall", 0.90), "rnet": ("precision", 0.95), "onet": ("precision", 0.98)}
 
 
 @dataclass
@@ -252,7 +253,7 @@ class CascadeEvaluation:
             evaluator.add(*detections[last], gt_boxes, ignore | ~np.asarray((keep or {})[subset], dtype=bool))
 
     def report(self) -> dict[str, object]:
-        """Metrics of the last stage, per-stage recall/precision beside the guide's expectations, subsets' AP."""
+        """Metrics of the last stage, per-stage recall/precision beside the stage targets, subsets' AP."""
         last = self.stages[-1]
         operating = self.per_stage[last].summary()
         report: dict[str, object] = {"iou_threshold": self.iou_threshold, "min_face_size": self.min_face_size,
@@ -265,8 +266,8 @@ class CascadeEvaluation:
             summary = evaluator.summary()
             entry = {"recall": summary.recall, "precision": summary.precision, "ap": summary.ap,
                      "detections": summary.detections}
-            if stage in GUIDE_EXPECTS:
-                entry["guide_expects"] = {GUIDE_EXPECTS[stage][0]: GUIDE_EXPECTS[stage][1]}
+            if stage in STAGE_TARGETS:
+                entry["target"] = {STAGE_TARGETS[stage][0]: STAGE_TARGETS[stage][1]}
             stages[stage] = entry
         report["stages"] = stages
         report["subsets"] = {name: e.summary().ap for name, e in self.per_subset.items()}
@@ -291,8 +292,8 @@ def format_report(report: dict[str, object]) -> list[str]:
              f"({report['faces']} faces >= {report['min_face_size']:g} px, {report['images']} images, "
              f"{report['detections']} detections)"]
     for stage, entry in report["stages"].items():  # type: ignore[union-attr]
-        expect = entry.get("guide_expects", {})
-        note = ", ".join(f"guide expects {k} ~{v:.0%}" for k, v in expect.items())
+        target = entry.get("target", {})
+        note = ", ".join(f"target {k} ~{v:.0%}" for k, v in target.items())
         lines.append(f"  after {stage}: recall {entry['recall']:.4f}  precision {entry['precision']:.4f}  "
                      f"({entry['detections']} boxes){'  ' + note if note else ''}")
     for subset, ap in report.get("subsets", {}).items():  # type: ignore[union-attr]
