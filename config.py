@@ -98,7 +98,8 @@ class PathsConfig:
     embedder: str = "{runs_dir}/facenet/best.pt"
     matcher: str = "{runs_dir}/facenet/matcher.json"
     gallery: str = "{runs_dir}/system/gallery.pt"
-    # Exported ONNX models (python -m deploy.export): pnet/rnet/onet.onnx, embedder.onnx, embedder_int8.onnx + JSON sidecars.
+    # Exported ONNX models (python -m deploy.export): pnet/rnet/onet.onnx, embedder.onnx, embedder_int8.onnx and
+    # their JSON sidecars.
     onnx: str = "{runs_dir}/onnx"
 
 
@@ -136,7 +137,8 @@ class SyntheticSpec:
     images_per_identity: Annotated[int, at_least(2)] = 8
     identity_width: SizeRange = (180, 260)  # identity photo size ranges, pixels
     identity_height: SizeRange = (200, 300)
-    val_identities: Annotated[int, at_least(2)] = 80  # lfw_val: held-out people, pairs for validation / threshold tuning
+    # lfw_val: held-out people, pairs for validation / threshold tuning
+    val_identities: Annotated[int, at_least(2)] = 80
     val_images_per_identity: Annotated[int, at_least(2)] = 8
     val_folds: PositiveCount = 10
     val_pairs_per_fold: PositiveCount = 30  # same pairs per fold (and as many different ones)
@@ -158,8 +160,8 @@ class SyntheticSpec:
     def validate(self) -> None:
         """Refuse sizes that cannot produce a usable set (one line naming the keys)."""
         if self.max_face < self.min_face:
-            raise ConfigError(f"config keys 'synthetic.min_face' <= 'synthetic.max_face' required, got {self.min_face}, "
-                              f"{self.max_face}")
+            raise ConfigError(f"config keys 'synthetic.min_face' <= 'synthetic.max_face' required, got "
+                              f"{self.min_face}, {self.max_face}")
         for split in ("val", "test"):
             ids, images = getattr(self, f"{split}_identities"), getattr(self, f"{split}_images_per_identity")
             folds, per_fold = getattr(self, f"{split}_folds"), getattr(self, f"{split}_pairs_per_fold")
@@ -187,8 +189,10 @@ class DetectorConfig:
     nms_rnet: Probability = 0.7
     nms_onet: Probability = 0.7  # "min" overlap at the output stage
     fp16: bool = False  # half precision on CUDA
-    max_crops_per_batch: PositiveCount = 512  # R-Net crops per forward (O-Net: a quarter): bounds memory; 512 measured fastest on CPU
-    backend: DetectorBackend = "torch"  # torch (paths.pnet/rnet/onet) | onnx (the exported files in paths.onnx, on ONNX Runtime)
+    # R-Net crops per forward (O-Net: a quarter): bounds memory; 512 measured fastest on CPU
+    max_crops_per_batch: PositiveCount = 512
+    # torch (paths.pnet/rnet/onet) | onnx (the exported files in paths.onnx, on ONNX Runtime)
+    backend: DetectorBackend = "torch"
 
 
 @dataclass
@@ -317,7 +321,8 @@ class MTCNNConfig:
     eval_iou: Overlap = 0.5
     eval_max_images: Count = 0  # 0: the whole validation split
     eval_batch_images: PositiveCount = 8
-    eval_score_floor: Probability = 0.05  # O-Net ranks faces down to this score for AP (precision/recall: detector threshold)
+    # O-Net ranks faces down to this score for AP (precision and recall: at the detector's threshold)
+    eval_score_floor: Probability = 0.05
 
     def validate(self) -> None:
         if not self.iou_negative <= self.iou_part < self.iou_positive:
@@ -332,7 +337,8 @@ class AlignConfig:
     ``paths.pnet/rnet/onet`` name (the trained cascade, or a folder of the original weights)."""
 
     train_size: Annotated[int, at_least(16)] = 182  # side of the crops random-crop training reads
-    eval_size: Annotated[int, at_least(16)] = 160  # side of the crops of evaluation sets (pairs files, held-out identities)
+    # side of the crops of evaluation sets (pairs files, held-out identities)
+    eval_size: Annotated[int, at_least(16)] = 160
     # Context pixels at eval_size (0: the ArcFace framing); train crops show the same framing plus
     # (train_size - eval_size) / 2 pixels each side, so their centre crop is the evaluation crop.
     # The system (models/system.py) cuts faces with these same settings, as the embedder saw them in training.
@@ -359,14 +365,15 @@ class AlignConfig:
 @dataclass
 class FaceNetConfig:
     """Triplet-loss embedder training (train_facenet.py). Defaults: the synthetic preset (MobileFaceNet x0.5 at
-    64 px, per-image standardization, 660 steps of 32 x 4 faces, margin 0.3: about 8 minutes on 2 cores); ``configs/facenet_real.json`` (FaceNet's
-    setting, Inception-ResNet-v1 at 160 px) and ``configs/facenet_celeba.json`` are the
-    real-data presets."""
+    64 px, per-image standardization, 660 steps of 32 x 4 faces, margin 0.3: about 8 minutes on 2 cores);
+    ``configs/facenet_real.json`` (FaceNet's setting, Inception-ResNet-v1 at 160 px) and
+    ``configs/facenet_celeba.json`` are the real-data presets."""
 
     # Model.
     backbone: Backbone = "mobilefacenet"  # mobilefacenet (light, CPU) | inception_resnet_v1 (FaceNet, 160 px)
     embedding_size: PositiveCount = 128
-    input_size: Annotated[int, at_least(16)] = 64  # the network's input side; aligned crops are scaled by input_size / align.eval_size
+    # the network's input side; aligned crops are scaled by input_size / align.eval_size
+    input_size: Annotated[int, at_least(16)] = 64
     width: Positive = 0.5  # mobilefacenet channel multiplier
     dropout: Annotated[float, between(0, 1, open_high=True)] = 0.0
     # Input standardization: fixed ((x - 127.5) / 128, as FaceNet's published weights expect) | per_image (each
@@ -381,7 +388,8 @@ class FaceNetConfig:
     # Batches: P identities x K images (the sampler), epochs of one pass over the identities unless set.
     identities_per_batch: Annotated[int, at_least(2)] = 32
     images_per_identity: Annotated[int, at_least(2)] = 4
-    batches_per_epoch: Count = 22  # steps per epoch (the preset's compute budget: 30 x 22 steps); 0 = one pass over the identities
+    # steps per epoch (the preset's compute budget: 30 x 22 steps); 0 = one pass over the identities
+    batches_per_epoch: Count = 22
     small_identities: SmallIdentities = "replace"  # identities with 2..K-1 images: replace (repeat images) | skip
     # Augmentation: random crop (train_size -> eval_size framing), horizontal flip, colour jitter strength.
     random_crop: bool = True
@@ -436,7 +444,8 @@ class Config:
     def facenet_path(self, name: str) -> Path:
         """The path ``facenet.<name>`` with ``{data_root}``, ``{runs_dir}`` and ``{aligned}`` expanded."""
         raw = getattr(self.facenet, name)
-        return Path(raw.format(data_root=self.paths.data_root, runs_dir=self.paths.runs_dir, aligned=self.path("aligned")))
+        return Path(raw.format(data_root=self.paths.data_root, runs_dir=self.paths.runs_dir,
+                               aligned=self.path("aligned")))
 
 
 def load_config(config_file: str | Path | None = None, set_items: list[str] | None = None) -> Config:

@@ -73,7 +73,8 @@ def test_the_repository_keeps_its_layers() -> None:
 def test_the_checker_names_each_bad_import(tmp_path: Path) -> None:
     files = {
         "utils/__init__.py": "",
-        "utils/plumbing.py": "import os\nfrom utils import other\n\ndef f():\n    from models.detector import FaceDetector\n",
+        "utils/plumbing.py": "import os\nfrom utils import other\n\n\ndef f():\n"
+                             "    from models.detector import FaceDetector\n",
         "config.py": "from datasets.wider import read_wider_annotations\n",
         "models/__init__.py": "",
         "models/net.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import training.loop\n",
@@ -98,5 +99,5 @@ def test_the_checker_names_each_bad_import(tmp_path: Path) -> None:
         "extras/thing.py: folder 'extras' has no layer; add it to LAYERS in tests/test_layering.py",
         "models/net.py:3: imports 'training.loop': layer models (2) may not import training (4)",
         "tests/test_x.py:1: imports 'deploy_tool': nothing may import a top-level script",
-        "utils/plumbing.py:5: imports 'models.detector': layer utils (0) may not import models (2)",
+        "utils/plumbing.py:6: imports 'models.detector': layer utils (0) may not import models (2)",
     ]
