@@ -33,10 +33,9 @@ from tqdm import tqdm
 from config import SyntheticSpec
 from datasets.landmarks import LandmarkAnnotation, write_landmark_list
 from datasets.lfw import Pair, lfw_image_path, write_pairs
-from datasets.synthetic.eval import IDENTITY_LANDMARKS, SCENE_LANDMARKS, eigenfaces_baseline, make_contact_sheet
+from datasets.synthetic.eval import IDENTITY_LANDMARKS, SCENE_LANDMARKS
 from datasets.synthetic.items import (
     Item,
-    identity_look,
     identity_name,
     init_worker,
     item_rng,
@@ -45,9 +44,6 @@ from datasets.synthetic.items import (
 from datasets.wider import WiderAnnotation, wider_split_paths, write_wider_annotations
 from utils.atomic import atomic_write_text
 from utils.errors import DataError
-
-__all__ = ["SyntheticSpec", "generate_synthetic_set", "identity_look", "identity_name", "make_pair_folds",
-           "eigenfaces_baseline", "make_contact_sheet", "MANIFEST", "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
