@@ -14,6 +14,7 @@ import pytest
 import utils.archive as archive_module
 from utils.archive import DEFAULT_LIMITS, MARKER_NAME, ExtractLimits, archive_format, extract_archive, read_marker
 from utils.errors import DataError
+from utils.hashing import hash_file
 
 
 _TYPES = (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
@@ -328,3 +329,16 @@ def test_reliability_archive_default_limits_fit_the_real_datasets():
     """The catalogue's largest archive (VGGFace2 train: 3.15 M members, about 38 GB of JPEGs) passes them."""
     assert DEFAULT_LIMITS.max_members >= 3_150_000 and DEFAULT_LIMITS.max_bytes >= 38e9
     assert DEFAULT_LIMITS.max_ratio >= 10  # JPEG archives expand about 1x, annotation zips about 5x
+
+
+def test_reliability_archive_same_name_and_size_other_content_is_extracted_again(work):
+    archive = _tar(work / "in" / "x.tar", [("data/a.txt", b"alpha")], mode="w")
+    target = extract_archive(archive, work / "out" / "t")
+    size = archive.stat().st_size
+    _tar(archive, [("data/a.txt", b"omega")], mode="w")  # replaced: same name, same size, other bytes
+    assert archive.stat().st_size == size
+    assert _tree(extract_archive(archive, target)) == {"data/a.txt": b"omega"}
+    assert read_marker(target)["sha256"] == hash_file(archive)["sha256"]
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["t"]  # the old extraction is gone
+    renamed = archive.rename(work / "in" / "y.tar")
+    assert extract_archive(renamed, target) == target  # same content under another name: already extracted

@@ -15,7 +15,8 @@ Policy, checked for every member before anything is written (one bad member refu
   without listing them all.
 The archive is extracted into a hidden temp folder beside ``target`` and renamed onto ``target`` only when
 every member is written; the folder then holds a marker file (:data:`MARKER_NAME`) recording which archive it
-came from, so a second call with the same archive returns at once and a half-made folder never looks done.
+came from (name, size and sha256), so a second call with the same archive content returns at once, an archive
+replaced by other bytes under the same name is not mistaken for it, and a half-made folder never looks done.
 """
 from __future__ import annotations
 
@@ -44,8 +45,6 @@ MARKER_NAME = ".extract_complete.json"
 _TEMP_SUFFIX = ".extracting"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _TAR_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-
-
 RATIO_FREE_BYTES = 16 << 20  # the expansion-ratio limit applies beyond this many extracted bytes
 
 
@@ -245,18 +244,23 @@ def _remove_stale_temps(target: Path) -> None:
 
 
 def extract_archive(archive: str | Path, target: str | Path, *, strip_components: int = 0,
-                    progress: bool = False, limits: ExtractLimits = DEFAULT_LIMITS) -> Path:
+                    progress: bool = False, limits: ExtractLimits = DEFAULT_LIMITS,
+                    digests: dict[str, str] | None = None) -> Path:
     """Safely extract a zip or tar(.gz/.bz2/.xz) ``archive`` into ``target``, which appears only when complete.
 
     ``strip_components`` drops that many leading folders from each member (as ``tar --strip-components``).
-    An existing ``target`` made from the same archive is returned untouched; any other existing, non-empty
-    ``target`` is refused with a DataError rather than overwritten. An archive over ``limits`` is refused before
-    anything is written. Every refusal names the archive (and the member).
+    An existing ``target`` made from an archive of the same sha256 is returned untouched; one made from an
+    archive of the same name but other content (the archive was replaced) is extracted again and swapped in
+    whole; any other existing, non-empty ``target`` is refused with a DataError rather than overwritten. An
+    archive over ``limits`` is refused before anything is written. Every refusal names the archive (and the
+    member). ``digests``: the archive's :func:`hash_file` result when the caller has just computed it.
     """
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
         raise DataError(archive, "archive not found")
     size = archive.stat().st_size
+    digests = digests or hash_file(archive)
+    replace = False
     if target.exists():
         record = read_marker(target)
         if record is None:
@@ -264,12 +268,14 @@ def extract_archive(archive: str | Path, target: str | Path, *, strip_components
                 raise DataError(target, "exists but is not a complete extraction (no marker); "
                                         "move it away to extract again")
             target.rmdir()
-        elif (record.get("archive"), record.get("size"), record.get("strip_components")) == (
-                archive.name, size, strip_components):
+        elif (record.get("sha256"), record.get("strip_components")) == (digests["sha256"], strip_components):
             return target
+        elif (record.get("archive"), record.get("strip_components")) == (archive.name, strip_components):
+            replace = True
         else:
-            raise DataError(target, f"holds an extraction of {record.get('archive')!r} ({record.get('size')} bytes), "
-                                    f"not of {archive.name!r} ({size} bytes); move it away to extract again")
+            raise DataError(target, f"holds an extraction of {record.get('archive')!r} ({record.get('size')} bytes, "
+                                    f"sha256 {str(record.get('sha256'))[:12]}), not of {archive.name!r} ({size} bytes, "
+                                    f"sha256 {digests['sha256'][:12]}); move it away to extract again")
     kind = archive_format(archive)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
@@ -279,13 +285,17 @@ def extract_archive(archive: str | Path, target: str | Path, *, strip_components
         extract = _extract_zip if kind == "zip" else _extract_tar
         count = extract(archive, temp, strip_components, progress, limits)
         record = {"archive": archive.name, "size": size, "format": kind, "members": count,
-                  "strip_components": strip_components, **hash_file(archive)}
+                  "strip_components": strip_components, **digests}
         atomic_write_text(temp / MARKER_NAME, json.dumps(record, indent=2) + "\n")
+        old = temp.with_name(f"{temp.name[:-len(_TEMP_SUFFIX)]}.old{_TEMP_SUFFIX}")  # a killed swap: removed as stale
         try:
+            if replace:
+                os.replace(target, old)
             os.replace(temp, target)
         except OSError as exc:
             raise DataError(target, f"cannot move the extracted folder into place: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return target
