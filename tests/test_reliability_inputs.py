@@ -1,0 +1,59 @@
+"""Reliability of image and folder input: the pixel limit in every image reader."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets.recordio import FaceRecordSet, RecordHeader, pack_record, write_recordio
+from utils.errors import DataError
+from utils.images import read_image
+
+
+def _jpeg(rgb: np.ndarray, orientation: int | None = None) -> bytes:
+    """JPEG bytes of ``rgb``, with an EXIF orientation tag when given."""
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95, exif=exif)
+    return out.getvalue()
+
+
+def _claiming(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF) rewritten to claim ``width`` x ``height`` pixels."""
+    at = 2
+    while jpeg[at + 1] not in (0xC0, 0xC1, 0xC2):
+        at += 2 + struct.unpack_from(">H", jpeg, at + 2)[0]
+    return jpeg[:at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9:]
+
+
+def _record_set(folder: Path, payloads: list[bytes]) -> FaceRecordSet:
+    records = [(key, pack_record(RecordHeader(0, (float(key),), key, 0), data)) for key, data in enumerate(payloads)]
+    write_recordio(folder / "train.rec", records)
+    return FaceRecordSet(folder / "train.rec")
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (12_000, 10_000, "image is 12000x10000, over the 100000000 pixel limit"),  # read_image's limit
+    (20_000, 20_000, r"image is too large \(Image size \(400000000 pixels\) exceeds"),  # PIL's own, past 179 M
+])
+def test_reliability_recordio_refuses_a_huge_header_before_decoding(tmp_path: Path, width: int, height: int,
+                                                                   message: str) -> None:
+    small = _jpeg(np.full((16, 16, 3), 128, dtype=np.uint8))
+    faces = _record_set(tmp_path, [small, _claiming(small, width, height)])
+    assert faces.image(0).shape == (16, 16, 3)
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=rf"train\.rec#1: {message}"):
+        faces.image(1)
+    assert time.perf_counter() - started < 0.5  # refused from the header: decoding would take seconds and GBs
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(_claiming(small, width, height))
+    with pytest.raises(DataError, match=message):
+        read_image(path)  # the same limit, the same message
