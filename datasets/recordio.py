@@ -250,7 +250,7 @@ class FaceRecordSet:
         return self._labels
 
     def image(self, key: int) -> np.ndarray:
-        """The decoded RGB image of record ``key`` (as ``read_image`` decodes files, with its pixel limit)."""
+        """The decoded RGB image of record ``key`` (as ``read_image`` decodes files: pixel limit, EXIF orientation)."""
         return decode_image(self.record(key)[1], self.where(key))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

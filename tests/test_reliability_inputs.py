@@ -1,4 +1,4 @@
-"""Reliability of image and folder input: the pixel limit in every image reader."""
+"""Reliability of image and folder input: EXIF orientation and the pixel limit in every image reader."""
 from __future__ import annotations
 
 import io
@@ -38,6 +38,22 @@ def _record_set(folder: Path, payloads: list[bytes]) -> FaceRecordSet:
     records = [(key, pack_record(RecordHeader(0, (float(key),), key, 0), data)) for key, data in enumerate(payloads)]
     write_recordio(folder / "train.rec", records)
     return FaceRecordSet(folder / "train.rec")
+
+
+def test_reliability_exif_orientation_is_applied_by_every_reader(tmp_path: Path) -> None:
+    rgb = np.zeros((40, 64, 3), dtype=np.uint8)
+    rgb[:10, :20] = (255, 0, 0)  # a red block top left: where it lands shows the rotation
+    rgb[30:, 44:] = (0, 0, 255)
+    data = _jpeg(rgb, orientation=6)  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # the pixels as stored, unrotated
+    from_file = read_image(path)
+    from_record = _record_set(tmp_path, [data]).image(0)
+    assert from_file.shape == from_record.shape == (64, 40, 3)
+    np.testing.assert_array_equal(from_file, np.rot90(stored, k=-1))
+    np.testing.assert_array_equal(from_record, from_file)
+    assert from_file[:10, -10:, 0].mean() > 200 and from_file[:10, -10:, 2].mean() < 50  # red now top right
 
 
 @pytest.mark.parametrize("width, height, message", [

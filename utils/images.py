@@ -3,7 +3,8 @@
 Handles grey, grey+alpha, RGBA (alpha dropped), palette, CMYK, 16-bit and 32-bit integer/float images;
 truncated, empty, non-image and over-large files are reported by name instead of crashing later. Files
 (:func:`read_image`) and encoded bytes (:func:`decode_image`, e.g. RecordIO records) go through one decoder:
-the pixel limit is checked on the size in the header, before decoding.
+the pixel limit is checked on the size in the header, before decoding, and the EXIF orientation is applied
+(as cameras, browsers and OpenCV do), so a photo gives the same pixels whichever way it is stored.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from utils.atomic import atomic_path
 from utils.errors import DataError
@@ -44,8 +45,8 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def _decode(source: Path | BinaryIO, where: str | Path, max_pixels: int, noun: str) -> np.ndarray:
-    """Decode an image file or stream to HxWx3 uint8 RGB; DataError naming ``where`` (``noun``: what it should
-    have been) when unusable or over ``max_pixels`` (checked on the header's size, before decoding)."""
+    """Decode an image file or stream to HxWx3 uint8 RGB, EXIF orientation applied; DataError naming ``where``
+    (``noun``: what it should have been) when unusable or over ``max_pixels`` (checked on the header's size)."""
     try:
         with warnings.catch_warnings():
             # Our own limit below decides (PIL's warning comes at 89 M pixels); PIL still refuses twice its own limit.
@@ -55,6 +56,7 @@ def _decode(source: Path | BinaryIO, where: str | Path, max_pixels: int, noun: s
                 if width * height > max_pixels:
                     raise DataError(where, f"image is {width}x{height}, over the {max_pixels} pixel limit")
                 image.load()
+                ImageOps.exif_transpose(image, in_place=True)
                 array = pil_to_rgb(image)
     except DataError:
         raise
