@@ -3,6 +3,12 @@
 
 Labels follow the sorted identity folder names (as in torchvision's ImageFolder) after identities with
 too few images are dropped, so they are contiguous. Hidden folders and files (``.git``, ``._x.jpg``) are ignored.
+
+Symbolic links never make one person's photos count as another's: inside a person's folder a link to a photo
+is followed only when the photo lies in that same folder, and links to folders are not followed (whatever they
+reach inside the folder is listed already; ``Ann/loop -> ..`` would reach everyone). An identity folder that is
+itself a link is followed unless it points back into the tree (at another identity, or the root). Every link not
+followed is named, with the reason, in :meth:`IdentityFolder.left_out`, as is every identity dropped.
 """
 from __future__ import annotations
 
@@ -14,17 +20,23 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
 from utils.errors import DataError
 from utils.images import IMAGE_EXTENSIONS, read_image
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when the resolved ``path`` is ``folder`` or lies under it (both resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class IdentityFolder:
     """The images of an identity-folder tree as ``samples`` (path, label) with sorted ``classes``.
 
     Identities with fewer than ``min_images`` images are left out and listed in ``dropped``
-    (name -> image count). A missing or empty root, or one where every identity is dropped, is a DataError.
+    (name -> image count); links not followed are in ``links_not_followed`` (path relative to the root ->
+    reason); :meth:`left_out` names both. A missing or empty root, or one where every identity is dropped,
+    is a DataError.
     """
 
     def __init__(self, root: str | Path, min_images: int = 1,
@@ -32,20 +44,26 @@ class IdentityFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(self.root, "identity folder not found")
-        names = sorted(entry.name for entry in os.scandir(self.root)
-                       if entry.is_dir() and not entry.name.startswith("."))
+        self.min_images = min_images
+        self.extensions = tuple(e.lower() for e in extensions)
+        self.links_not_followed: dict[str, str] = {}
+        real_root = os.path.realpath(self.root)
+        names = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            target = os.path.realpath(entry.path)
+            if entry.is_symlink() and _inside(target, real_root):
+                self.links_not_followed[entry.name] = f"link to {target}, inside this tree: not followed"
+                continue
+            names.append(entry.name)
         if not names:
             raise DataError(self.root, "no identity sub-folders found")
-        extensions = tuple(e.lower() for e in extensions)
-
-        def is_image(path: str) -> bool:
-            return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, extensions)
-
-        listed = make_dataset(str(self.root), {name: i for i, name in enumerate(names)},
-                              is_valid_file=is_image, allow_empty=True)
+        listed = [(path, i) for i, name in enumerate(names) for path in self._images(name)]
         counts = Counter(label for _, label in listed)
         if not listed:
-            raise DataError(self.root, f"no images with extensions {', '.join(extensions)} in its identity folders")
+            raise DataError(self.root, f"no images with extensions {', '.join(self.extensions)} "
+                                       "in its identity folders")
         kept = [name for i, name in enumerate(names) if counts[i] >= min_images]
         self.dropped: dict[str, int] = {name: counts[i] for i, name in enumerate(names) if counts[i] < min_images}
         if not kept:
@@ -56,6 +74,45 @@ class IdentityFolder:
         relabel = {i: self.class_to_idx[name] for i, name in enumerate(names) if name in self.class_to_idx}
         self.samples: list[tuple[Path, int]] = [(Path(p), relabel[label]) for p, label in listed if label in relabel]
         self.targets: list[int] = [label for _, label in self.samples]
+
+    def _images(self, name: str) -> list[str]:
+        """The image files of identity ``name`` (sub-folders included, ordered as sorted ``os.walk`` orders them);
+        links that would leave its folder, and links to folders, are recorded in ``links_not_followed``."""
+        top = os.path.join(self.root, name)
+        home = os.path.realpath(top)
+        found: list[tuple[str, list[str]]] = []
+        for folder, subfolders, files in os.walk(top):  # followlinks=False: links to folders are not entered
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+            for link in (d for d in subfolders if os.path.islink(os.path.join(folder, d))):
+                target = os.path.realpath(os.path.join(folder, link))
+                where = "inside" if _inside(target, home) else "outside"
+                self._refuse(os.path.join(folder, link), f"link to the folder {target}, {where} {name}'s folder")
+            images = []
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                if file.startswith(".") or not file.lower().endswith(self.extensions):
+                    continue
+                if os.path.islink(path):
+                    target = os.path.realpath(path)
+                    if not _inside(target, home):
+                        self._refuse(path, f"link to {target}, outside {name}'s folder")
+                        continue
+                    if not os.path.isfile(target):
+                        self._refuse(path, f"link to {target}, which is not a file")
+                        continue
+                images.append(path)
+            found.append((folder, images))
+        return [path for _, images in sorted(found) for path in images]
+
+    def _refuse(self, path: str, reason: str) -> None:
+        self.links_not_followed[os.path.relpath(path, self.root)] = f"{reason}: not followed"
+
+    def left_out(self) -> dict[str, str]:
+        """Everything of the tree not in ``samples``, by path relative to the root, with the reason."""
+        dropped = {name: (f"no images ({', '.join(self.extensions)})" if count == 0
+                          else f"{count} image(s), fewer than min_images {self.min_images}")
+                   for name, count in self.dropped.items()}
+        return {**dropped, **self.links_not_followed}
 
     def __len__(self) -> int:
         return len(self.samples)

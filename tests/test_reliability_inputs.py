@@ -1,4 +1,5 @@
-"""Reliability of image and folder input: EXIF orientation and the pixel limit in every image reader."""
+"""Reliability of image and folder input: EXIF orientation and the pixel limit in every image reader, symbolic
+links and empty folders in identity trees."""
 from __future__ import annotations
 
 import io
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.identity import IdentityFolder
 from datasets.recordio import FaceRecordSet, RecordHeader, pack_record, write_recordio
 from utils.errors import DataError
-from utils.images import read_image
+from utils.images import IMAGE_EXTENSIONS, read_image
 
 
 def _jpeg(rgb: np.ndarray, orientation: int | None = None) -> bytes:
@@ -73,3 +75,47 @@ def test_reliability_recordio_refuses_a_huge_header_before_decoding(tmp_path: Pa
     path.write_bytes(_claiming(small, width, height))
     with pytest.raises(DataError, match=message):
         read_image(path)  # the same limit, the same message
+
+
+def _people(root: Path, layout: dict[str, int]) -> None:
+    for name, count in layout.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            (root / name / f"{i}.jpg").write_bytes(b"x")  # listing never decodes
+
+
+def test_reliability_identity_links_never_lend_another_persons_photos(tmp_path: Path) -> None:
+    root = tmp_path / "people"
+    _people(root, {"Ann": 1, "Bob": 2, "Cid": 1})
+    (root / "Ann" / "sub").mkdir()
+    (root / "Ann" / "sub" / "deep.jpg").write_bytes(b"x")
+    (root / "Ann" / "loop").symlink_to("..")  # a loop through the root: everyone's photos
+    (root / "Ann" / "again").symlink_to("sub")  # a second path to her own photos
+    (root / "Ann" / "bob.jpg").symlink_to("../Bob/0.jpg")  # a photo of someone else
+    (root / "Ann" / "same.jpg").symlink_to("0.jpg")  # her own photo under another name: followed
+    (root / "Ann" / "gone.jpg").symlink_to("missing.jpg")
+    (root / "Dan").symlink_to("Cid")  # an identity that is another identity's folder
+    elsewhere = tmp_path / "store" / "Eve"
+    _people(tmp_path / "store", {"Eve": 2})
+    (root / "Eve").symlink_to(elsewhere)  # an identity folder kept elsewhere: followed
+    folder = IdentityFolder(root)
+    assert folder.classes == ["Ann", "Bob", "Cid", "Eve"]
+    listed = {(path.relative_to(root).as_posix(), folder.classes[label]) for path, label in folder.samples}
+    assert listed == {("Ann/0.jpg", "Ann"), ("Ann/same.jpg", "Ann"), ("Ann/sub/deep.jpg", "Ann"),
+                      ("Bob/0.jpg", "Bob"), ("Bob/1.jpg", "Bob"), ("Cid/0.jpg", "Cid"),
+                      ("Eve/0.jpg", "Eve"), ("Eve/1.jpg", "Eve")}
+    reasons = folder.left_out()
+    assert sorted(reasons) == ["Ann/again", "Ann/bob.jpg", "Ann/gone.jpg", "Ann/loop", "Dan"]
+    assert reasons["Ann/loop"] == f"link to the folder {root.resolve()}, outside Ann's folder: not followed"
+    assert reasons["Ann/bob.jpg"] == f"link to {root.resolve() / 'Bob' / '0.jpg'}, outside Ann's folder: not followed"
+    assert reasons["Ann/again"].endswith("inside Ann's folder: not followed")
+    assert reasons["Dan"] == f"link to {root.resolve() / 'Cid'}, inside this tree: not followed"
+
+
+def test_reliability_identity_empty_folder_is_named_with_its_reason(tmp_path: Path) -> None:
+    _people(tmp_path, {"Ann": 2, "Bob": 0, "Cid": 1})
+    (tmp_path / "Bob" / "notes.txt").write_text("no photos yet")
+    folder = IdentityFolder(tmp_path, min_images=2)
+    assert folder.classes == ["Ann"]
+    assert folder.left_out() == {"Bob": f"no images ({', '.join(IMAGE_EXTENSIONS)})",
+                                 "Cid": "1 image(s), fewer than min_images 2"}
