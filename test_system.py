@@ -406,8 +406,7 @@ def main(args: argparse.Namespace) -> int:
     for name, reason in not_enrolled.items():
         lines.append(f"not enrolled: {name} ({reason}); "
                      f"{len(left_out_probes[name])} probe(s) left out of identification")
-    for name, reason in folder.left_out().items():
-        lines.append(f"left out of the test set: {identities_root / name} ({reason})")
+    lines += [f"left out of the test set: {path} ({reason})" for path, reason in folder.left_out().items()]
     print("\n".join(lines))
     if len(system.log):
         print(system.log.summary())
@@ -417,7 +416,7 @@ def main(args: argparse.Namespace) -> int:
         "alignment_failures": alignment_failures, "verification": verify_details, "identification": ident,
         "images_without_face": without_face, "gallery_images_without_face": missing_gallery_faces,
         "not_enrolled": not_enrolled, "probes_left_out": left_out_probes,
-        "identities_left_out": {str(identities_root / name): reason for name, reason in folder.left_out().items()},
+        "identities_left_out": folder.left_out(),
         "seconds_per_image": system.times.per_image(), "gallery": str(gallery_path),
         "embedder_sha256": system.embedder_sha256, "bad_inputs": len(system.log),
         "bad_input_files": sorted({problem.path for problem in system.log.problems}),

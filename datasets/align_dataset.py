@@ -102,7 +102,7 @@ class AlignReport:
         lines = [f"{self.source}: {self.photos} photos, {self.aligned} aligned ({self.resumed} done earlier), "
                  f"{len(self.no_face)} without a face, {len(self.several_faces)} with several faces (one kept), "
                  f"{len(self.unreadable)} unreadable, {len(self.left_out)} left out; {self.seconds:.0f} s"]
-        left_out = [f"{name} ({reason})" for name, reason in self.left_out.items()]
+        left_out = [f"{path} ({reason})" for path, reason in self.left_out.items()]
         for what, names in (("without a face", self.no_face), ("unreadable", self.unreadable), ("left out", left_out)):
             if names:
                 lines.append(f"  {what}: {name_some(names)}")
@@ -120,8 +120,8 @@ def _output_name(path: Path) -> str:
 
 def list_photos(source: str | Path) -> tuple[list[Photo], FaceRecordSet | None, dict[str, str]]:
     """The photos of an identity-folder tree or a ``.rec`` file (with its ``.idx`` beside it), sorted by
-    identity then file; also the opened record set for ``.rec`` sources, and what the tree left out (path
-    relative to it -> reason: empty identity folders, links not followed)."""
+    identity then file; also the opened record set for ``.rec`` sources, and what the tree left out (path ->
+    reason: empty identity folders, links not followed)."""
     source = Path(source)
     records = None
     left_out: dict[str, str] = {}
@@ -388,7 +388,7 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
     report = align_photos(photos, targets, detector, job.out / PROGRESS_FILE, records=records, method=a.method,
                           select=a.select, batch_images=a.batch_images, jpeg_quality=a.jpeg_quality, workers=workers,
                           log=log, show_progress=show_progress, source_name=f"{job.name} ({job.source})")
-    report.left_out = {str(job.source / name): reason for name, reason in left_out.items()}
+    report.left_out = left_out
     extra: dict[str, Any] = {"targets": [{"folder": str(t.folder), "size": t.size, "margin": t.margin,
                                           "identities": len(t.identities) if t.identities is not None else "all"}
                                          for t in targets]}

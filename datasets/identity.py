@@ -34,8 +34,8 @@ class IdentityFolder:
     """The images of an identity-folder tree as ``samples`` (path, label) with sorted ``classes``.
 
     Identities with fewer than ``min_images`` images are left out and listed in ``dropped``
-    (name -> image count); links not followed are in ``links_not_followed`` (path relative to the root ->
-    reason); :meth:`left_out` names both. A missing or empty root, or one where every identity is dropped,
+    (name -> image count); links not followed and folders that cannot be read are in ``skipped`` (path
+    relative to the root -> reason); :meth:`left_out` names both, by path. A missing or empty root, or one where every identity is dropped,
     is a DataError.
     """
 
@@ -46,7 +46,7 @@ class IdentityFolder:
             raise DataError(self.root, "identity folder not found")
         self.min_images = min_images
         self.extensions = tuple(e.lower() for e in extensions)
-        self.links_not_followed: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # path relative to the root -> why it is not listed
         real_root = os.path.realpath(self.root)
         names = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
@@ -54,7 +54,7 @@ class IdentityFolder:
                 continue
             target = os.path.realpath(entry.path)
             if entry.is_symlink() and _inside(target, real_root):
-                self.links_not_followed[entry.name] = f"link to {target}, inside this tree: not followed"
+                self._skip(entry.path, f"link to {target}, inside this tree: not followed")
                 continue
             names.append(entry.name)
         if not names:
@@ -76,43 +76,56 @@ class IdentityFolder:
         self.targets: list[int] = [label for _, label in self.samples]
 
     def _images(self, name: str) -> list[str]:
-        """The image files of identity ``name`` (sub-folders included, ordered as sorted ``os.walk`` orders them);
-        links that would leave its folder, and links to folders, are recorded in ``links_not_followed``."""
+        """The image files of identity ``name``, sub-folders included (in the order of a sorted ``os.walk``);
+        what is not listed (links that would leave its folder, links to folders, unreadable folders) goes to
+        ``skipped`` with the reason."""
         top = os.path.join(self.root, name)
         home = os.path.realpath(top)
         found: list[tuple[str, list[str]]] = []
-        for folder, subfolders, files in os.walk(top):  # followlinks=False: links to folders are not entered
-            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-            for link in (d for d in subfolders if os.path.islink(os.path.join(folder, d))):
-                target = os.path.realpath(os.path.join(folder, link))
-                where = "inside" if _inside(target, home) else "outside"
-                self._refuse(os.path.join(folder, link), f"link to the folder {target}, {where} {name}'s folder")
+        pending = [top]
+        while pending:
+            folder = pending.pop()
+            try:
+                with os.scandir(folder) as scan:
+                    entries = sorted(scan, key=lambda e: e.name)
+            except OSError as exc:
+                self._skip(folder, f"folder cannot be read ({exc.strerror or exc})")
+                continue
             images = []
-            for file in sorted(files):
-                path = os.path.join(folder, file)
-                if file.startswith(".") or not file.lower().endswith(self.extensions):
+            for entry in entries:
+                if entry.name.startswith("."):
                     continue
-                if os.path.islink(path):
-                    target = os.path.realpath(path)
-                    if not _inside(target, home):
-                        self._refuse(path, f"link to {target}, outside {name}'s folder")
-                        continue
-                    if not os.path.isfile(target):
-                        self._refuse(path, f"link to {target}, which is not a file")
-                        continue
-                images.append(path)
+                if not entry.is_symlink():
+                    if entry.is_dir():
+                        pending.append(entry.path)
+                    elif entry.name.lower().endswith(self.extensions):
+                        images.append(entry.path)
+                    continue
+                target = os.path.realpath(entry.path)
+                where = "inside" if _inside(target, home) else "outside"
+                if entry.is_dir():
+                    self._skip(entry.path, f"link to the folder {target}, {where} {name}'s folder: not followed")
+                elif entry.name.lower().endswith(self.extensions):
+                    if where == "outside":
+                        self._skip(entry.path, f"link to {target}, outside {name}'s folder: not followed")
+                    elif not os.path.isfile(target):
+                        self._skip(entry.path, f"link to {target}, which is not a file: not followed")
+                    else:
+                        images.append(entry.path)
             found.append((folder, images))
         return [path for _, images in sorted(found) for path in images]
 
-    def _refuse(self, path: str, reason: str) -> None:
-        self.links_not_followed[os.path.relpath(path, self.root)] = f"{reason}: not followed"
+    def _skip(self, path: str, reason: str) -> None:
+        self.skipped[os.path.relpath(path, self.root)] = reason
 
     def left_out(self) -> dict[str, str]:
-        """Everything of the tree not in ``samples``, by path relative to the root, with the reason."""
+        """Everything of the tree not in ``samples`` (dropped identities, ``skipped`` paths), by path, with the
+        reason: what reports name."""
         dropped = {name: (f"no images ({', '.join(self.extensions)})" if count == 0
                           else f"{count} image(s), fewer than min_images {self.min_images}")
                    for name, count in self.dropped.items()}
-        return {**dropped, **self.links_not_followed}
+        reasons = {**dropped, **self.skipped}
+        return {str(self.root / relative): reason for relative, reason in reasons.items()}
 
     def __len__(self) -> int:
         return len(self.samples)

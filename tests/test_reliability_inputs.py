@@ -13,6 +13,7 @@ from PIL import Image
 
 from datasets.identity import IdentityFolder
 from datasets.recordio import FaceRecordSet, RecordHeader, pack_record, write_recordio
+from datasets.verify import verify_identities
 from utils.errors import DataError
 from utils.images import IMAGE_EXTENSIONS, read_image
 
@@ -104,7 +105,7 @@ def test_reliability_identity_links_never_lend_another_persons_photos(tmp_path: 
     assert listed == {("Ann/0.jpg", "Ann"), ("Ann/same.jpg", "Ann"), ("Ann/sub/deep.jpg", "Ann"),
                       ("Bob/0.jpg", "Bob"), ("Bob/1.jpg", "Bob"), ("Cid/0.jpg", "Cid"),
                       ("Eve/0.jpg", "Eve"), ("Eve/1.jpg", "Eve")}
-    reasons = folder.left_out()
+    reasons = {Path(path).relative_to(root).as_posix(): reason for path, reason in folder.left_out().items()}
     assert sorted(reasons) == ["Ann/again", "Ann/bob.jpg", "Ann/gone.jpg", "Ann/loop", "Dan"]
     assert reasons["Ann/loop"] == f"link to the folder {root.resolve()}, outside Ann's folder: not followed"
     assert reasons["Ann/bob.jpg"] == f"link to {root.resolve() / 'Bob' / '0.jpg'}, outside Ann's folder: not followed"
@@ -117,5 +118,8 @@ def test_reliability_identity_empty_folder_is_named_with_its_reason(tmp_path: Pa
     (tmp_path / "Bob" / "notes.txt").write_text("no photos yet")
     folder = IdentityFolder(tmp_path, min_images=2)
     assert folder.classes == ["Ann"]
-    assert folder.left_out() == {"Bob": f"no images ({', '.join(IMAGE_EXTENSIONS)})",
-                                 "Cid": "1 image(s), fewer than min_images 2"}
+    assert folder.left_out() == {str(tmp_path / "Bob"): f"no images ({', '.join(IMAGE_EXTENSIONS)})",
+                                 str(tmp_path / "Cid"): "1 image(s), fewer than min_images 2"}
+    report = verify_identities(tmp_path)  # prepare_training_data.py --verify names it too
+    assert report.status == "problems" and report.problems == [f"{tmp_path / 'Bob'}: left out (no images ("
+                                                                f"{', '.join(IMAGE_EXTENSIONS)}))"]
