@@ -17,6 +17,11 @@ identification threshold; a probe of someone not in the gallery is a false accep
 recall is measured against ground-truth boxes (``landmarks.txt`` beside the images folder, as the synthetic
 set writes it, or ``--boxes``) over faces of at least ``detector.min_face_size`` pixels.
 
+An enrolled person none of whose gallery images gives a usable face cannot be enrolled: they are named in
+the report with the reason, and their probes are left out of identification (scoring them as people outside
+the gallery would count their photos as impostors). Identity folders left out (empty, too few images, links
+not followed) and images without a face are named in the report as well.
+
 The report gives images read, faces detected, detection recall, alignment failures, verification accuracy,
 identification top-1, the impostor acceptance rate and seconds per image per stage; each metric is compared
 with its floor in the ``system`` config section. The exit code is 1, with one line naming every missed
@@ -42,6 +47,7 @@ from models.system import FaceRecognitionSystem, ImageResult
 from training.mtcnn.evaluation import DetectionEvaluator
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
+from utils.errors import name_some
 from utils.seed import seed_everything
 
 
@@ -229,16 +235,21 @@ def identification(system: FaceRecognitionSystem, results: dict[str, ImageResult
     }
 
 
-def enrol(system: FaceRecognitionSystem, results: dict[str, ImageResult], gallery_images: dict[str, list[str]]) -> int:
-    """Add each person's gallery images (their main faces) to the system's gallery; returns images without a face."""
-    missing = 0
+def enrol(system: FaceRecognitionSystem, results: dict[str, ImageResult],
+          gallery_images: dict[str, list[str]]) -> tuple[list[str], dict[str, str]]:
+    """Add each person's gallery images (their main faces) to the system's gallery; returns the gallery images
+    without a usable face, and the people who could not be enrolled at all (name -> reason)."""
+    missing: list[str] = []
+    not_enrolled: dict[str, str] = {}
     for name, paths in gallery_images.items():
         found = [p for p in paths if _primary(results, p) is not None]
-        missing += len(paths) - len(found)
+        missing += [p for p in paths if _primary(results, p) is None]
         if found:
             system.gallery.add(name, np.stack([_primary(results, p) for p in found]),
                                [str(Path(p).resolve()) for p in found], embedder_sha256=system.embedder_sha256)
-    return missing
+        else:
+            not_enrolled[name] = f"none of {len(paths)} gallery image(s) gave a usable face"
+    return missing, not_enrolled
 
 
 def distractor_gallery(folder: Path, count: int, per_identity: int, exclude: set[str]) -> dict[str, list[str]]:
@@ -342,13 +353,16 @@ def main(args: argparse.Namespace) -> int:
               f"{len(system.gallery)} identities; {len(rebuild.failed)} could not be re-made -> {gallery_path}")
     elif stored is not None:
         system.gallery = stored
-    missing_gallery_faces = enrol(system, results, {**test.gallery_images, **distractors})
+    missing_gallery_faces, not_enrolled = enrol(system, results, {**test.gallery_images, **distractors})
     if stored is None:
         system.gallery.save(gallery_path)
+    left_out_probes = {name: [p for p, n in test.probes if n == name] for name in not_enrolled}  # not impostors
+    test.probes = [(p, name) for p, name in test.probes if name not in not_enrolled]
 
     image_results = [results[p] for p in test_paths]
     unreadable = sum(r.error is not None for r in image_results)
     with_face = sum(bool(r.faces) for r in image_results)
+    without_face = [p for p in test_paths if results[p].error is None and not results[p].faces]
     faces = sum(len(r.faces) for r in image_results)
     alignment_failures = sum(r.alignment_failures for r in image_results)
     boxes_file = Path(args.boxes) if args.boxes else pairs_root.parent / "landmarks.txt"
@@ -383,10 +397,16 @@ def main(args: argparse.Namespace) -> int:
         checks[0].line(),
         f"{'alignment failures':<24}{alignment_failures}",
         *[c.line() for c in checks[1:]],
-        f"{'gallery images no face':<24}{missing_gallery_faces}",
+        f"{'gallery images no face':<24}{len(missing_gallery_faces)}",
         f"{'probes without a face':<24}{ident['probes_without_face']}",
         f"{'time per image':<24}{format_times(system)}",
     ]
+    if without_face:
+        lines.append(f"images without a face: {name_some(without_face)}")
+    for name, reason in not_enrolled.items():
+        lines.append(f"not enrolled: {name} ({reason}); "
+                     f"{len(left_out_probes[name])} probe(s) left out of identification")
+    lines += [f"left out of the test set: {path} ({reason})" for path, reason in folder.left_out().items()]
     print("\n".join(lines))
     if len(system.log):
         print(system.log.summary())
@@ -394,6 +414,9 @@ def main(args: argparse.Namespace) -> int:
         "checks": {c.name: {"value": c.value, "limit": c.limit, "ceiling": c.ceiling, "passed": c.passed} for c in checks},
         "images": len(test_paths), "unreadable": unreadable, "images_with_face": with_face, "faces": faces,
         "alignment_failures": alignment_failures, "verification": verify_details, "identification": ident,
+        "images_without_face": without_face, "gallery_images_without_face": missing_gallery_faces,
+        "not_enrolled": not_enrolled, "probes_left_out": left_out_probes,
+        "identities_left_out": folder.left_out(),
         "seconds_per_image": system.times.per_image(), "gallery": str(gallery_path),
         "embedder_sha256": system.embedder_sha256, "bad_inputs": len(system.log),
         "bad_input_files": sorted({problem.path for problem in system.log.problems}),

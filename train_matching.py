@@ -376,6 +376,8 @@ def main(args: argparse.Namespace) -> int:
           f"missing, unreadable or without a face), {len(np.unique(valid_pairs.folds))} folds; embedder "
           f"{system.embedder_sha256[:12]}")
 
+    for path, reason in folder.left_out().items():
+        print(f"identity folder left out: {path} ({reason})")
     identities = identity_set(folder, embedded)
     results = []
     if method in ("threshold", "both"):
@@ -407,7 +409,8 @@ def main(args: argparse.Namespace) -> int:
     report = {
         "chosen": chosen.name, "matcher": str(output), "embedder": str(embedder_path),
         "embedder_sha256": system.embedder_sha256, "pairs_file": str(pairs_file), "pairs_used": int(len(valid_pairs.same)),
-        "pairs_without_face": valid_pairs.dropped, "bad_inputs": len(system.log),
+        "pairs_without_face": valid_pairs.dropped, "identities_left_out": folder.left_out(),
+        "bad_inputs": len(system.log),
         "bad_input_files": sorted({problem.path for problem in system.log.problems}),
         "methods": {r.name: {"accuracy": r.accuracy, "accuracy_std": r.accuracy_std, **r.metrics, "notes": r.notes}
                     for r in results},

@@ -4,7 +4,8 @@ Both sides do the same work on the same decoded images (decoding is timed once, 
 
 * stage-P samples: ours is ``training.mtcnn.samples.detection_samples`` (all crops of an image drawn,
   labelled with one ``box_iou`` call and cut out in one summed-area-table gather); the baseline draws
-  one crop at a time, computes its IoU with NumPy, crops with slicing and resizes with ``cv2.resize``
+  one crop at a time, computes its IoU with NumPy, crops with slicing (a view; a padded copy only for a
+  crop crossing the border) and resizes with ``cv2.resize``
   (INTER_AREA averages areas like ours, with fractional weights at the bin edges where ours, like
   adaptive pooling, uses whole pixels: about one grey level apart on average, identical at integer
   scales; INTER_LINEAR, what the public scripts use, is cheaper but aliased, and is shown as well),
@@ -64,9 +65,12 @@ def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def _crop_one(image: np.ndarray, region: np.ndarray, size: int, interpolation: int) -> np.ndarray:
-    """Crop one integer region (zero padding outside the image) and resize it."""
+    """Crop one integer region and resize it: a view when it lies inside the image (as the public scripts
+    slice), a zero-padded copy only when it crosses the border."""
     x0, y0, x1, y1 = (int(v) for v in region)
     height, width = image.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=interpolation)
     patch = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if sx1 > sx0 and sy1 > sy0:

@@ -12,7 +12,8 @@ Both show the same framing: the training crop's margin is the evaluation margin 
 ``train_size - eval_size``, so its centre crop is the evaluation crop. Photos already done (listed in the
 folder's ``.align_progress.tsv`` with their crops present) are skipped, so an interrupted run resumes.
 Photos with no face, with several faces, and unreadable files are counted and listed in
-``align_report.json``. A training set can hand ``holdout`` identities to an evaluation split in the LFW
+``align_report.json`` (and the first of each named on the console), as are identity folders left out
+(empty, or links not followed) with the reason. A training set can hand ``holdout`` identities to an evaluation split in the LFW
 layout, with an identity-disjoint View-2 pairs file over them.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from models.alignment import align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
 from utils.atomic import atomic_write_text
 from utils.device import select_device
-from utils.errors import BadInputLog, ConfigError, DataError
+from utils.errors import BadInputLog, ConfigError, DataError, name_some
 from utils.images import read_image, write_image
 
 ALIGN_DATASETS = ("synthetic", "lfw", "vggface2", "casia_webface", "ms_celeb_1m", "celeba", "folder")
@@ -91,13 +92,19 @@ class AlignReport:
     no_face: list[str] = field(default_factory=list)
     several_faces: list[tuple[str, int]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # identity folders or links not listed -> reason
     seconds: float = 0.0
 
     def summary(self) -> str:
-        """One line for the console."""
-        return (f"{self.source}: {self.photos} photos, {self.aligned} aligned ({self.resumed} done earlier), "
-                f"{len(self.no_face)} without a face, {len(self.several_faces)} with several faces (one kept), "
-                f"{len(self.unreadable)} unreadable; {self.seconds:.0f} s")
+        """The console lines: the counts, then the first photos of each kind not aligned, by name."""
+        lines = [f"{self.source}: {self.photos} photos, {self.aligned} aligned ({self.resumed} done earlier), "
+                 f"{len(self.no_face)} without a face, {len(self.several_faces)} with several faces (one kept), "
+                 f"{len(self.unreadable)} unreadable, {len(self.left_out)} left out; {self.seconds:.0f} s"]
+        left_out = [f"{path} ({reason})" for path, reason in self.left_out.items()]
+        for what, names in (("without a face", self.no_face), ("unreadable", self.unreadable), ("left out", left_out)):
+            if names:
+                lines.append(f"  {what}: {name_some(names)}")
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (the report file)."""
@@ -109,11 +116,13 @@ def _output_name(path: Path) -> str:
     return path.name if path.suffix.lower() == ".jpg" else f"{path.name}.jpg"
 
 
-def list_photos(source: str | Path) -> tuple[list[Photo], FaceRecordSet | None]:
+def list_photos(source: str | Path) -> tuple[list[Photo], FaceRecordSet | None, dict[str, str]]:
     """The photos of an identity-folder tree or a ``.rec`` file (with its ``.idx`` beside it), sorted by
-    identity then file; also the opened record set for ``.rec`` sources."""
+    identity then file; also the opened record set for ``.rec`` sources, and what the tree left out (path ->
+    reason: empty identity folders, links not followed)."""
     source = Path(source)
     records = None
+    left_out: dict[str, str] = {}
     entries: list[tuple[str, str, str, int | None]] = []  # identity, source, name, key
     if source.is_file() and source.suffix == ".rec":
         records = FaceRecordSet(source)
@@ -121,12 +130,13 @@ def list_photos(source: str | Path) -> tuple[list[Photo], FaceRecordSet | None]:
     else:
         folder = IdentityFolder(source)
         entries = [(folder.classes[label], str(path), _output_name(path), None) for path, label in folder.samples]
+        left_out = folder.left_out()
     entries.sort(key=lambda e: (e[0], e[3] if e[3] is not None else -1, e[1]))
     photos, counts = [], {}
     for identity, where, name, key in entries:
         counts[identity] = counts.get(identity, 0) + 1
         photos.append(Photo(identity, where, name, counts[identity], key))
-    return photos, records
+    return photos, records, left_out
 
 
 def framing_margins(train_size: int, eval_size: int, margin: float) -> tuple[float, float]:
@@ -362,7 +372,7 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
             show_progress: bool = True, print_fn: Callable[[str], None] = print) -> AlignReport:
     """Align one job's photos, write its report (and pairs file), and return the report."""
     a = config.align
-    photos, records = list_photos(job.source)
+    photos, records, left_out = list_photos(job.source)
     train_margin, _ = framing_margins(a.train_size, a.eval_size, a.margin)
     if job.kind == "eval":
         targets = [CropTarget(job.out, a.eval_size, a.margin)]
@@ -376,6 +386,7 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
     report = align_photos(photos, targets, detector, job.out / PROGRESS_FILE, records=records, method=a.method,
                           select=a.select, batch_images=a.batch_images, jpeg_quality=a.jpeg_quality, workers=workers,
                           log=log, show_progress=show_progress, source_name=f"{job.name} ({job.source})")
+    report.left_out = left_out
     extra: dict[str, Any] = {"targets": [{"folder": str(t.folder), "size": t.size, "margin": t.margin,
                                           "identities": len(t.identities) if t.identities is not None else "all"}
                                          for t in targets]}

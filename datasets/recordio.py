@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
 import numpy as np
 
 from utils.atomic import atomic_path
 from utils.errors import DataError
+from utils.images import decode_image
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -217,14 +217,6 @@ class RecordIOReader:
             self._handle = None
 
 
-def decode_image(payload: bytes, where: str) -> np.ndarray:
-    """JPEG/PNG bytes -> HxWx3 uint8 RGB; DataError naming ``where`` when they do not decode."""
-    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR) if payload else None
-    if image is None:
-        raise DataError(where, "record holds no decodable image")
-    return np.ascontiguousarray(image[:, :, ::-1])
-
-
 class FaceRecordSet:
     """An insightface face set (``train.rec`` + ``train.idx``): image keys, their identity labels, decoding."""
 
@@ -258,7 +250,7 @@ class FaceRecordSet:
         return self._labels
 
     def image(self, key: int) -> np.ndarray:
-        """The decoded RGB image of record ``key``."""
+        """The decoded RGB image of record ``key`` (as ``read_image`` decodes files: pixel limit, EXIF orientation)."""
         return decode_image(self.record(key)[1], self.where(key))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

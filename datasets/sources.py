@@ -364,7 +364,8 @@ def _fetch_file(source: DatasetSource, item: RemoteFile, data_root: Path, manife
             f"{manifest[key]['size']} (later copies must match)")
     if item.extract:
         log(f"extracting {local.name} into {place}")
-        extract_archive(local, place, strip_components=item.strip_components, progress=options["progress"])
+        extract_archive(local, place, strip_components=item.strip_components, progress=options["progress"],
+                        digests=digests)
         if not keep_archives:
             local.unlink()
     return "fetched"

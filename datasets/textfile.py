@@ -2,6 +2,7 @@
 
 WIDER FACE and FDDB share one record shape (an image path line, a count line, then one line of numbers
 per face); CelebA, lfw_5590 and pairs files are whitespace-separated tables. Errors name file and line.
+In a counted-record file the path is the whole line, so it may hold spaces.
 """
 from __future__ import annotations
 
@@ -98,9 +99,7 @@ def format_xywh(box: Sequence[float]) -> list[str]:
 
 
 def _is_name_line(tokens: list[str]) -> bool:
-    """A record starts at a line holding one token that is not a number (an image path)."""
-    if len(tokens) != 1:
-        return False
+    """A record starts at a line whose first token is not a number: an image path (which may hold spaces)."""
     try:
         float(tokens[0])
     except ValueError:
@@ -120,7 +119,7 @@ class CountedRecord:
 
 def _parse_record(path: Path, chunk: list[tuple[int, list[str]]], fields: int, zero_row: bool,
                   at_end: bool) -> CountedRecord:
-    """Check one record (name line plus the lines up to the next name) and parse its rows."""
+    """Check one record (path line, count line, ``count`` face lines up to the next path) and parse its rows."""
     (name_line, (name,)), body = chunk[0], chunk[1:]
     if not body:
         where = "the file ends" if at_end else "the next image path follows"
@@ -152,8 +151,10 @@ def read_counted_records(path: str | Path, fields: int, *, zero_row: bool = Fals
                          log: BadInputLog | None = None) -> list[CountedRecord]:
     """Read ``name / count / count rows of fields numbers`` records (WIDER, FDDB); blank lines are ignored.
 
-    ``zero_row``: a count of 0 may be followed by one all-zero filler line (as WIDER writes it). A bad record
-    raises DataError (``log`` None or strict) or is reported and skipped; parsing resumes at the next
+    The records are read by structure: a path line (the whole line: a path may hold spaces), a count line,
+    then the face lines, each starting with a number; the next line starting with anything else is the next
+    path. ``zero_row``: a count of 0 may be followed by one all-zero filler line (as WIDER writes it). A bad
+    record raises DataError (``log`` None or strict) or is reported and skipped; parsing resumes at the next
     image path line, so one bad record never shifts the ones after it.
     """
     path = Path(path)
@@ -164,7 +165,7 @@ def read_counted_records(path: str | Path, fields: int, *, zero_row: bool = Fals
         if not tokens:
             continue
         if _is_name_line(tokens):
-            chunks.append([(number, tokens)])
+            chunks.append([(number, [text.strip()])])
         elif chunks:
             chunks[-1].append((number, tokens))
         else:
@@ -188,8 +189,9 @@ def write_counted_records(path: str | Path, records: Sequence[tuple[str, Sequenc
     """
     lines: list[str] = []
     for name, rows in records:
-        if not _is_name_line(name.split()):
-            raise ValueError(f"image path {name!r} must be one token without spaces, not a number")
+        if not name or name != name.strip() or "\n" in name or not _is_name_line(name.split()):
+            raise ValueError(f"image path {name!r} must be one line, without spaces around it, not starting with "
+                             "a number")
         lines += [name, str(len(rows))]
         lines += [" ".join(row) for row in rows]
         if not rows and zero_row_fields:

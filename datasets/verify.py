@@ -109,6 +109,7 @@ def verify_identities(root: Path, name: str = "identities", deep: bool = False, 
     folder = IdentityFolder(root)
     report.counts["identities"] = len(folder.classes)
     report.counts["images"] = len(folder.samples)
+    report.problems += [f"{path}: left out ({reason})" for path, reason in folder.left_out().items()]
     if deep:
         report.counts["unreadable"] = _decode_all([Path(p) for p, _ in folder.samples], log)
     return _finish(report, log)

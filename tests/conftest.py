@@ -1,17 +1,22 @@
-"""Shared fixtures: where the read-only real data lives, one torch thread for training tests, and
-``run_script``, which runs a top-level script as its command line would (tests never import a script)."""
+"""Shared fixtures: where the read-only real data lives, one torch thread for training tests,
+``run_script``, which runs a top-level script as its command line would (tests never import a script), and
+``import_or_skip``, which imports an optional package a test compares against (skip without it, fail in CI)."""
 from __future__ import annotations
 
+import importlib
+import os
 import runpy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+FACENET_REFERENCE = "the facenet-pytorch reference, requirements-reference.txt"  # import_or_skip's purpose
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +60,15 @@ def run_script(name: str, argv: list[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def import_or_skip(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` for a test. Without it the test is skipped, naming ``purpose``; but where the ``CI``
+    environment variable is set (CI installs requirements-reference.txt and requirements-export.txt) the test
+    fails instead, so a broken install cannot turn the strongest checks into silent skips."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{module} is required in CI ({purpose}): {exc}", pytrace=False)
+        pytest.skip(f"{module} is not installed ({purpose})")

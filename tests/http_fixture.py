@@ -1,8 +1,9 @@
 """A loopback HTTP file server for tests, with per-file misbehaviour the test sets.
 
 Binds 127.0.0.1 on a free port in a background thread; nothing leaves the machine. Each served path is a
-:class:`Route` that can cut the transfer after N bytes, ignore Range, serve wrong bytes, stall, or answer an
-error status for its first k requests. Every request is logged so tests can assert what the client sent.
+:class:`Route` that can cut the transfer after N bytes, ignore Range, serve wrong bytes, stall, answer an
+error status for its first k requests, or stream far more than its data without a Content-Length. Every
+request is logged so tests can assert what the client sent.
 
     with LoopbackServer() as server:
         route = server.add("/file.bin", data, cut_after=1000)
@@ -36,7 +37,9 @@ class Route:
     retry_after: int | None = None  # Retry-After header sent with fail_status
     stall_s: float = 0.0  # sleep before answering...
     stall_count: int = 0  # ...for the first this-many requests
+    endless: int = 0  # instead of data: stream this many bytes (data repeated) with no Content-Length, then close
     requests: int = 0  # how many requests this route has received
+    sent: int = 0  # body bytes the server managed to write (the client stopped reading when it is short)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route.fail_status is not None and number <= route.fail_count:
             self._error(route.fail_status, route)
             return
+        if route.endless:
+            self._stream(route)
+            return
         data = bytes(b ^ 0xFF for b in route.data) if route.corrupt else route.data
         start, status = 0, 200
         asked = _RANGE.match(self.headers.get("Range", "").strip())
@@ -119,6 +125,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up mid-body (e.g. a size it refuses)
             self.close_connection = True
+
+
+    def _stream(self, route: Route) -> None:
+        """Send ``route.endless`` bytes with no Content-Length (the body ends when the connection closes)."""
+        self._record(200, route.endless)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        block = route.data * max(1, (1 << 16) // max(1, len(route.data)))
+        try:
+            while route.sent < route.endless:
+                piece = block[: route.endless - route.sent]
+                self.wfile.write(piece)
+                with self.server.lock:
+                    route.sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading
 
 
 class _Server(ThreadingHTTPServer):

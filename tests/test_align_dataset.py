@@ -27,7 +27,7 @@ from models.alignment import align_faces
 from models.detector import Detections
 from tests.conftest import run_script
 from utils.errors import ConfigError
-from utils.images import read_image, write_image
+from utils.images import IMAGE_EXTENSIONS, read_image, write_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -146,6 +146,27 @@ def test_align_real_photos_reports_and_resumes(tmp_path: Path, shared_data: Path
                   str(strict_dst), "--strict") == 2
 
 
+def test_reliability_align_names_photos_without_a_face_and_empty_folders(
+        tmp_path: Path, shared_data: Path, pretrained_mtcnn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    (src / "alice").mkdir(parents=True)
+    for photo in sorted((shared_data / "celeba_identities_subset").rglob("*.jpg"))[:2]:
+        shutil.copy(photo, src / "alice" / photo.name)
+    for name in ("blank.png", "grey.png"):
+        write_image(src / "carol" / name, np.full((120, 120, 3), 128, np.uint8))
+    (src / "dave").mkdir()  # an empty identity folder
+    (src / "dave" / "notes.txt").write_text("photos to come")
+    dst = tmp_path / "aligned"
+    code = _align(tmp_path, pretrained_mtcnn, "--align", "folder", "--align-src", str(src), "--align-dst", str(dst))
+    assert code == 0
+    out = capsys.readouterr().out
+    report = json.loads((dst / "train" / REPORT_FILE).read_text())
+    assert sorted(Path(p).name for p in report["no_face"]) == ["blank.png", "grey.png"]
+    assert f"  without a face: {src / 'carol' / 'blank.png'}, {src / 'carol' / 'grey.png'}" in out
+    assert report["left_out"] == {str(src / "dave"): f"no images ({', '.join(IMAGE_EXTENSIONS)})"}
+    assert f"  left out: {src / 'dave'} (no images (" in out and "1 left out" in out
+
+
 def test_rec_source_with_held_out_identities(tmp_path: Path, shared_data: Path, pretrained_mtcnn: Path) -> None:
     celeba = shared_data / "celeba_identities_subset"
     records = []
@@ -155,8 +176,9 @@ def test_rec_source_with_held_out_identities(tmp_path: Path, shared_data: Path, 
             records.append((len(records) + 1, pack_record(header, photo.read_bytes())))
     first = RecordHeader(2, (float(len(records) + 1), float(len(records) + 1)), 0, 0)
     write_recordio(tmp_path / "faces" / "train.rec", [(0, pack_record(first, b"")), *records])
-    photos, _ = list_photos(tmp_path / "faces" / "train.rec")
+    photos, _, left_out = list_photos(tmp_path / "faces" / "train.rec")
     assert len(photos) == 18 and sorted({p.identity for p in photos}) == [str(i) for i in range(6)]
+    assert left_out == {}
     assert [p.number for p in photos[:4]] == [1, 2, 3, 1]
 
     dst = tmp_path / "aligned"

@@ -196,8 +196,8 @@ def test_failed_write_leaves_old_file(tmp_path: Path) -> None:
     path = tmp_path / "gt.txt"
     write_wider_annotations(path, [WiderAnnotation("a.jpg", [[1, 1, 2, 2]])])
     before = path.read_text()
-    with pytest.raises(ValueError, match="one token"):
-        write_wider_annotations(path, [WiderAnnotation("has space.jpg", [[1, 1, 2, 2]])])
+    with pytest.raises(ValueError, match="one line"):
+        write_wider_annotations(path, [WiderAnnotation("12 starts with a number.jpg", [[1, 1, 2, 2]])])
     with pytest.raises(ValueError, match="non-finite"):
         write_wider_annotations(path, [WiderAnnotation("a.jpg", [[1, 1, np.nan, 2]])])
     assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["gt.txt"]
@@ -267,3 +267,19 @@ def test_official_mat_keep_list(tmp_path: Path) -> None:
         read_wider_keep_list(tmp_path / "broken.mat")
     with pytest.raises(DataError, match="file not found"):
         read_wider_keep_list(tmp_path / "absent.mat")
+
+
+def test_reliability_wider_image_path_with_a_space_starts_a_new_record(tmp_path: Path) -> None:
+    text = ("0--Parade/a.jpg\n1\n" + _face(1, 1, 2, 2) + "\n"
+            "0--Parade/my photo  2.jpg\n2\n" + _face(3, 3, 4, 4) + "\n" + _face(5, 5, 6, 6) + "\n"
+            "0--Parade/b.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n")
+    log = BadInputLog()
+    annotations = read_wider_annotations(_write(tmp_path, text), log=log)
+    assert not log.problems
+    assert [a.image_path for a in annotations] == ["0--Parade/a.jpg", "0--Parade/my photo  2.jpg", "0--Parade/b.jpg"]
+    np.testing.assert_array_equal(annotations[1].boxes, [[3, 3, 7, 7], [5, 5, 11, 11]])
+    out = tmp_path / "copy.txt"
+    write_wider_annotations(out, annotations)  # written back as it was read
+    assert [a.image_path for a in read_wider_annotations(out)] == [a.image_path for a in annotations]
+    with pytest.raises(ValueError, match="must be one line"):
+        write_wider_annotations(out, [WiderAnnotation(" lead.jpg", np.zeros((0, 4)))])

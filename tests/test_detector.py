@@ -10,6 +10,7 @@ from PIL import Image
 
 from models.detector import DetectorSettings, Detections, FaceDetector, StageTimer, pyramid_scales
 from models.mtcnn import ONet, PNet, RNet
+from tests.conftest import FACENET_REFERENCE, import_or_skip
 from utils.boxes import detection_agreement
 from utils.errors import ConfigError, DataError
 from utils.images import read_image
@@ -65,7 +66,7 @@ def test_finds_the_faces_a_person_sees(detector: FaceDetector, photos: dict) -> 
 
 def test_agrees_with_facenet_pytorch(detector: FaceDetector, photos: dict, wider_images: list,
                                      pretrained_mtcnn: Path) -> None:
-    mtcnn_module = pytest.importorskip("facenet_pytorch")
+    mtcnn_module = import_or_skip("facenet_pytorch", FACENET_REFERENCE)
     reference = mtcnn_module.MTCNN(keep_all=True, device="cpu", min_face_size=20, thresholds=[0.6, 0.7, 0.7], factor=0.709)
     for name in ("pnet", "rnet", "onet"):
         getattr(reference, name).load_state_dict(torch.load(pretrained_mtcnn / f"{name}.pt", weights_only=True))

@@ -1,8 +1,9 @@
 """Training and mining on every device this machine has: the CPU always, CUDA when present.
 
-Each test runs once per device. On the CPU they repeat, briefly, what other tests check in depth; on a GPU
-they are the checks of the CUDA paths: AMP and the gradient scaler's state in checkpoints, CUDA RNG state
-across a resume, the cascade mining on the device and the sample crops cut from its tables there.
+Each test runs once per device; without CUDA its cases show as skipped, with the reason. On the CPU they
+repeat, briefly, what other tests check in depth; on a GPU they are the checks of the CUDA paths: AMP and the
+gradient scaler's state in checkpoints, CUDA RNG state across a resume, the cascade mining on the device and
+the sample crops cut from its tables there.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from tests.test_reliability_resume import (
 )
 from utils.area_resize import crop_resize
 
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="CUDA is not available on this machine"))]
 
 
 @pytest.fixture(autouse=True)

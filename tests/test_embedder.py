@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from models.embedder import Embedder, build_backbone, standardize
 from models.inception_resnet_v1 import InceptionResnetV1, load_facenet_weights
 from models.mobilefacenet import MobileFaceNet, final_grid_size
+from tests.conftest import FACENET_REFERENCE, import_or_skip
 from utils.errors import ConfigError, DataError
 from utils.hashing import file_fingerprint, sha256_file
 
@@ -43,7 +44,7 @@ def _calibrate_batch_norms(model: torch.nn.Module, images: torch.Tensor) -> None
 @pytest.fixture(scope="module")
 def reference_inception() -> torch.nn.Module:
     """facenet-pytorch's InceptionResnetV1 with random weights (nothing downloaded)."""
-    facenet_pytorch = pytest.importorskip("facenet_pytorch", reason="facenet-pytorch is the reference for this test")
+    facenet_pytorch = import_or_skip("facenet_pytorch", FACENET_REFERENCE)
     torch.manual_seed(0)
     model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
     _calibrate_batch_norms(model, _smooth_images(4, 80, seed=1))

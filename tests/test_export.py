@@ -43,6 +43,7 @@ from models.onnx_nets import (
 )
 from models.system import FaceRecognitionSystem
 from models.weights import load_net
+from tests.conftest import import_or_skip
 from utils.checkpoint import save_checkpoint
 from utils.cli import run
 from utils.errors import ConfigError, DataError
@@ -68,7 +69,7 @@ def photos(shared_data: Path) -> list[np.ndarray]:
 def exported(tmp_path_factory: pytest.TempPathFactory, pretrained_mtcnn: Path, photos: list[np.ndarray]) -> SimpleNamespace:
     """All four nets exported once (checked by the exporter on the cascade's own inputs from the photos)."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
-        pytest.importorskip(module, reason=f"optional ONNX packages not installed ({EXPORT_REQUIREMENTS})")
+        import_or_skip(module, f"optional ONNX export packages, {EXPORT_REQUIREMENTS}")
     torch.manual_seed(0)
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("onnx")

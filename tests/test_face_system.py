@@ -26,7 +26,7 @@ from tests.conftest import run_script
 from utils.checkpoint import save_checkpoint
 from utils.errors import DataError
 from utils.hashing import sha256_file
-from utils.images import read_image, write_image
+from utils.images import IMAGE_EXTENSIONS, read_image, write_image
 
 PEOPLE = ("Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Gerhard_Schroeder", "Hugo_Chavez",
           "Jacques_Chirac", "Tony_Blair")
@@ -287,3 +287,38 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     assert code == 0 and "gallery rebuilt" in out
     rebuilt = Gallery.load(runs / "system" / "gallery.pt", sha256_file(embedder))
     assert rebuilt.names == gallery.names  # distractors too: every stored source photo is re-embedded
+
+
+def test_reliability_test_system_names_who_it_cannot_enrol_and_what_it_left_out(
+        lfw12: Path, pretrained_mtcnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A person whose gallery photo has no face is named, and their probes are not scored as impostors; an empty
+    identity folder and every image without a face are named too."""
+    people = tmp_path / "people"
+    for person in PEOPLE[:3]:
+        for source in lfw_images(lfw12, person, 2):
+            (people / person).mkdir(parents=True, exist_ok=True)
+            (people / person / source.name).write_bytes(source.read_bytes())
+    blank = people / "Nobody" / "0000_blank.png"  # sorted first: the gallery image
+    write_image(blank, np.full((100, 100, 3), 128, np.uint8))
+    for source in lfw_images(lfw12, "Serena_Williams", 2):  # probes with faces
+        (people / "Nobody" / source.name).write_bytes(source.read_bytes())
+    (people / "Empty").mkdir()
+    runs = tmp_path / "runs"
+    embedder = save_embedder(runs / "facenet" / "best.pt", seed=0)
+    ThresholdMatcher(threshold=0.5, embedding_size=32).save(runs / "facenet" / "matcher.json", sha256_file(embedder))
+    floors = [f"--set=system.{k}=0" for k in ("min_detection_recall", "min_verification_accuracy",
+                                              "min_identification_top1")] + ["--set=system.max_impostor_accept_rate=1"]
+    code = run_script("test_system.py", ["--identities", str(people), "--device", "cpu", "--set", f"paths.runs_dir={runs}",
+                                         "--set", "align.eval_size=48", "--set=system.unknown_fraction=0",
+                                         "--set=system.gallery_images_per_identity=1", *floors,
+                                         *[f"--set=paths.{n}={pretrained_mtcnn / (n + '.pt')}" for n in ("pnet", "rnet", "onet")]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((runs / "system" / "report.json").read_text())
+    assert report["not_enrolled"] == {"Nobody": "none of 1 gallery image(s) gave a usable face"}
+    assert len(report["probes_left_out"]["Nobody"]) == 2
+    assert report["identification"]["known_probes"] == 3 and report["identification"]["unknown_probes"] == 0
+    assert report["images_without_face"] == [str(blank)]
+    assert report["identities_left_out"] == {str(people / "Empty"): f"no images ({', '.join(IMAGE_EXTENSIONS)})"}
+    assert "not enrolled: Nobody (none of 1 gallery image(s) gave a usable face); 2 probe(s) left out" in out
+    assert f"images without a face: {blank}" in out and f"left out of the test set: {people / 'Empty'} (no images" in out

@@ -108,7 +108,7 @@ def test_threshold_at_far_interpolates_between_negative_scores() -> None:
     same = [False] * 5 + [True, True]
     assert threshold_at_far(scores, same, 0.2) == pytest.approx(0.9)  # accept exactly one of five
     assert threshold_at_far(scores, same, 0.3) == pytest.approx(0.7)  # halfway between 1/5 and 2/5
-    assert threshold_at_far(scores, same, 0.0) > 0.9
+    assert threshold_at_far(scores, same, 0.0) == np.nextafter(0.9, np.inf)  # just above every negative
     assert threshold_at_far([1 - s for s in scores], same, 0.3, higher_is_same=False) == pytest.approx(0.3)
 
 

@@ -10,6 +10,7 @@ import torch
 from models.mtcnn import NetOutput, ONet, PNet, RNet, build_net, max_pool_2x2
 from models.weights import (load_net, original_weight_paths, read_state_dict, resolve_weights, save_net,
                             wheel_weights_dir)
+from tests.conftest import FACENET_REFERENCE, import_or_skip
 from utils.errors import DataError
 
 INPUTS = {"pnet": (2, 3, 30, 40), "rnet": (5, 3, 24, 24), "onet": (4, 3, 48, 48)}
@@ -81,7 +82,7 @@ def test_landmark_head_is_exactly_the_missing_keys(original: dict, name: str, he
 
 
 def test_nets_match_facenet_pytorch_outputs(original: dict) -> None:
-    reference = pytest.importorskip("facenet_pytorch.models.mtcnn")
+    reference = import_or_skip("facenet_pytorch.models.mtcnn", FACENET_REFERENCE)
     torch.manual_seed(0)
     for name, ref_cls in (("pnet", reference.PNet), ("rnet", reference.RNet), ("onet", reference.ONet)):
         ours = build_net(name)
@@ -119,7 +120,7 @@ def _sha(path: Path) -> str:
 
 
 def test_wheel_source_holds_the_same_original_files(pretrained_mtcnn: Path) -> None:
-    pytest.importorskip("facenet_pytorch")
+    import_or_skip("facenet_pytorch", FACENET_REFERENCE)
     folder = wheel_weights_dir()
     assert (folder / "onet.pt").is_file()
     for name in ("pnet", "rnet", "onet"):

@@ -26,6 +26,7 @@ from tests.conftest import REPO, run_script
 from training.mtcnn.evaluation import DetectionEvaluator
 from training.mtcnn.loss import MTCNNLoss, summarize_stats
 from training.mtcnn.packed import LANDMARK, NEGATIVE, PART, POSITIVE
+from utils.boxes import box_overlap
 from utils.images import read_image
 
 SPEC = SyntheticSpec(seed=1, train_scenes=48, val_scenes=16, scene_sizes=((320, 240), (240, 320)),
@@ -137,15 +138,23 @@ def test_every_stage_learns_and_beats_chance_on_held_out_images(trained, data_ro
         assert (trained / stage / "pr_curve.png").is_file() and (trained / stage / "loss_curves.png").is_file()
     final = report["stages"]["onet"]["eval"]
     assert final["precision"] > 0.5 and final["ap"] > 0.2
-    assert 0 < final["landmark_nme"] < 1.0
+    # 0.26 measured; left and right swapped gives about 0.7, undecoded offsets (points at the box corner) over 1
+    assert final["landmark_nme"] < 0.4
 
 
 def test_trained_checkpoints_load_into_the_detector(trained, data_root):
+    """The trained cascade, loaded as a detector, finds the held-out faces (24 of 45 hit, in 30 boxes, measured)."""
     detector = FaceDetector.from_checkpoints(*(trained / s / "best.pt" for s in NET_NAMES))
-    images_dir, _ = wider_split_paths(data_root / "synthetic_faces", "val")
-    image = read_image(next(images_dir.rglob("*.jpg")))
-    found = detector.detect([image])[0]
-    assert found.landmarks is not None and found.boxes.shape[1] == 4
+    images_dir, annotation_file = wider_split_paths(data_root / "synthetic_faces", "val")
+    detections = hits = faces = 0
+    for annotation in read_wider_annotations(annotation_file):
+        found = detector.detect([read_image(images_dir / annotation.image_path)])[0]
+        truth = torch.as_tensor(annotation.boxes[annotation.valid])
+        assert found.landmarks is not None and found.landmarks.shape == (len(found), 5, 2)
+        detections, faces = detections + len(found), faces + len(truth)
+        if len(found) and len(truth):
+            hits += int((box_overlap(found.boxes, truth).max(dim=0).values >= 0.5).sum())
+    assert hits >= 16 and hits >= 0.5 * detections, (hits, detections, faces)
 
 
 def test_test_only_reports_wider_and_fddb(trained, data_root, capsys):
@@ -167,7 +176,7 @@ def test_test_only_reports_wider_and_fddb(trained, data_root, capsys):
     trained_report = json.loads((trained / "report.json").read_text())["stages"]["onet"]["eval"]
     assert report["ap"] == pytest.approx(trained_report["ap"])  # the same evaluator, the same numbers
     assert report["fddb_images"] == SPEC.val_scenes
-    assert 0.2 < report["fddb_tpr_at_1000_fp"] <= 1.0
+    assert report["fddb_tpr_at_1000_fp"] >= 0.45  # 0.6 measured: 27 of the 45 ellipses
     assert "FDDB" in capsys.readouterr().out
 
 

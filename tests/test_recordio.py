@@ -92,7 +92,7 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path: Path) -> None:
     write_recordio(tmp_path / "a.rec", [(0, pack_record(RecordHeader(0, (1.0,), 0, 0), b"not an image")),
                                         (1, b"abcdefgh" * 4)])
     faces = FaceRecordSet(tmp_path / "a.rec")
-    with pytest.raises(DataError, match=r"a\.rec#0: record holds no decodable image"):
+    with pytest.raises(DataError, match=r"a\.rec#0: not an image record"):
         faces.image(0)
     with pytest.raises(DataError, match="no record with key 9"):
         faces.reader[9]

@@ -8,11 +8,13 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import utils.archive as archive_module
-from utils.archive import MARKER_NAME, archive_format, extract_archive, read_marker
+from utils.archive import DEFAULT_LIMITS, MARKER_NAME, ExtractLimits, archive_format, extract_archive, read_marker
 from utils.errors import DataError
+from utils.hashing import hash_file
 
 
 _TYPES = (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
@@ -252,3 +254,91 @@ def test_reliability_archive_stale_temp_from_killed_run_is_cleared(work):
     target = extract_archive(_tar(work / "in" / "x.tgz", GOOD), work / "out" / "t")
     assert sorted(p.name for p in (work / "out").iterdir()) == ["t"]
     assert json.loads((target / MARKER_NAME).read_text())["members"] == 3
+
+
+# ---------------------------------------------------------------- size limits (decompression bombs)
+
+class _Zeros:
+    """A file-like source of ``size`` zero bytes, read in chunks (the bomb is never held in memory)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+BOMB = 64 << 20  # expands 64 MiB from about 64 kB: 1,000x, well over the 100x default, past the 16 MiB floor
+
+
+def _tar_bomb(path: Path) -> Path:
+    with tarfile.open(path, "w:gz", compresslevel=6) as tar:
+        tar.addfile(tarfile.TarInfo("first.txt"), io.BytesIO(b""))
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = BOMB
+        tar.addfile(info, _Zeros(BOMB))
+    return path
+
+
+def _zip_bomb(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as bundle:
+        bundle.writestr("first.txt", b"written first?")
+        with bundle.open("zeros.bin", "w") as sink:
+            source = _Zeros(BOMB)
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+    return path
+
+
+@pytest.mark.parametrize("make, name", [(_tar_bomb, "bomb.tar.gz"), (_zip_bomb, "bomb.zip")])
+def test_reliability_archive_bomb_refused_by_ratio_before_writing(work, make, name):
+    archive = make(work / "in" / name)
+    assert archive.stat().st_size < BOMB / 500
+    target = work / "out" / "t"
+    expected = r"refused: [\d,]+ bytes expand to 67,108,8\d\d \([\d,]+x\), over the 100x limit \(max_ratio\)"
+    with pytest.raises(DataError, match=expected) as caught:
+        extract_archive(archive, target)
+    assert str(caught.value).startswith(f"{archive}: ") and "\n" not in str(caught.value)
+    _assert_refused_cleanly(work, target)
+
+
+def test_reliability_archive_total_size_limit_is_configurable(work):
+    payload = np.random.default_rng(0).bytes(3000)  # incompressible: the ratio limit stays out of it
+    archive = _tar(work / "in" / "x.tgz", [("a.bin", payload), ("b.bin", payload)])
+    with pytest.raises(DataError, match=r"refused: members total 6,000 bytes, over the limit of 5,000 \(max_bytes"):
+        extract_archive(archive, work / "out" / "t", limits=ExtractLimits(max_bytes=5000))
+    _assert_refused_cleanly(work, work / "out" / "t")
+    assert _tree(extract_archive(archive, work / "out" / "t", limits=ExtractLimits(max_bytes=6000)))["a.bin"] == payload
+
+
+@pytest.mark.parametrize("kind", ["tgz", "zip"])
+def test_reliability_archive_member_count_limit(work, kind):
+    names = [f"d/{i}.txt" for i in range(20_000)]
+    if kind == "tgz":
+        archive = _tar(work / "in" / "many.tgz", [(name, b"") for name in names])
+    else:
+        archive = _zip(work / "in" / "many.zip", {name: b"" for name in names})
+    with pytest.raises(DataError, match=r"refused: more than 10,000 members \(limit max_members"):
+        extract_archive(archive, work / "out" / "t", limits=ExtractLimits(max_members=10_000))
+    _assert_refused_cleanly(work, work / "out" / "t")
+
+
+def test_reliability_archive_default_limits_fit_the_real_datasets():
+    """The catalogue's largest archive (VGGFace2 train: 3.15 M members, about 38 GB of JPEGs) passes them."""
+    assert DEFAULT_LIMITS.max_members >= 3_150_000 and DEFAULT_LIMITS.max_bytes >= 38e9
+    assert DEFAULT_LIMITS.max_ratio >= 10  # JPEG archives expand about 1x, annotation zips about 5x
+
+
+def test_reliability_archive_same_name_and_size_other_content_is_extracted_again(work):
+    archive = _tar(work / "in" / "x.tar", [("data/a.txt", b"alpha")], mode="w")
+    target = extract_archive(archive, work / "out" / "t")
+    size = archive.stat().st_size
+    _tar(archive, [("data/a.txt", b"omega")], mode="w")  # replaced: same name, same size, other bytes
+    assert archive.stat().st_size == size
+    assert _tree(extract_archive(archive, target)) == {"data/a.txt": b"omega"}
+    assert read_marker(target)["sha256"] == hash_file(archive)["sha256"]
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["t"]  # the old extraction is gone
+    renamed = archive.rename(work / "in" / "y.tar")
+    assert extract_archive(renamed, target) == target  # same content under another name: already extracted

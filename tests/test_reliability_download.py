@@ -439,3 +439,16 @@ def test_reliability_missing_paths_treats_empty_folders_as_missing(tmp_path):
     assert missing_paths(source, tmp_path) == ["."]
     (tmp_path / "CASIA-WebFace" / "0000045").mkdir()
     assert missing_paths(source, tmp_path) == []
+
+
+def test_reliability_download_stops_a_server_streaming_past_the_known_size(server, tmp_path):
+    """100 MB without Content-Length for a file known to hold 1,000 bytes: stopped at the first chunk past it."""
+    route = server.add("/f.bin", b"x" * 1000, endless=100 << 20)
+    dest = tmp_path / "f.bin"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="sent more than the expected 1000 bytes; stopped"):
+        download(server.url("/f.bin"), dest, size=1000, retries=0, progress=False)
+    assert time.monotonic() - started < 5
+    assert list(tmp_path.iterdir()) == []  # no dest, no part file
+    time.sleep(0.2)  # let the server notice the closed connection
+    assert route.sent < 32 << 20, f"the client read on: {route.sent:,} bytes were sent"

@@ -150,7 +150,11 @@ def _attempt(
             desc=label, disable=not progress, dynamic_ncols=True,
         ) as bar:
             try:
-                for chunk in response.iter_content(chunk_size):
+                for chunk in response.iter_content(chunk_size if size is None else min(chunk_size, size - offset + 1)):
+                    if size is not None and offset + received + len(chunk) > size:
+                        part.unlink()
+                        raise DownloadError(url, f"the server sent more than the expected {size} bytes; "
+                                                 "stopped and deleted the partial file")
                     handle.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
@@ -182,7 +186,9 @@ def download(
     An existing ``dest`` that verifies is returned without any request. Up to ``retries`` failed attempts are
     retried (each resuming where the last stopped, give or take the ``chunk_size`` bytes in flight at the cut);
     when they are used up the part file is kept for a later call. A checksum or size mismatch deletes the part
-    file and raises :class:`DownloadError`; so does a non-retryable status (4xx other than 408/429), at once.
+    file and raises :class:`DownloadError`; so does a non-retryable status (4xx other than 408/429), at once,
+    and a server that sends more than a known ``size`` (with or without Content-Length): the transfer stops at
+    the chunk that passes it, and nothing past ``size`` is written.
     """
     dest = Path(dest)
     part = part_path(dest)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,3 +51,9 @@ class BadInputLog:
         lines = [f"{len(self.problems)} bad input(s) skipped:"]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def name_some(items: Sequence[str], limit: int = 10) -> str:
+    """``items`` joined with commas for a console line, at most ``limit`` of them ("..., and N more")."""
+    shown = ", ".join(items[:limit])
+    return f"{shown}, and {len(items) - limit} more" if len(items) > limit else shown
