@@ -400,6 +400,7 @@ def main(args: argparse.Namespace) -> int:
         "images": len(test_paths), "unreadable": unreadable, "images_with_face": with_face, "faces": faces,
         "alignment_failures": alignment_failures, "verification": verify_details, "identification": ident,
         "seconds_per_image": system.times.per_image(), "gallery": str(gallery_path),
+        "test_set": str(pairs_file or identities_root),
         "embedder_sha256": system.embedder_sha256, "bad_inputs": len(system.log),
         "bad_input_files": sorted({problem.path for problem in system.log.problems}),
     }

@@ -38,6 +38,11 @@ def is_entry(folder: str | Path) -> bool:
     return (Path(folder) / SUMS_FILE).is_file()
 
 
+def has_cascade(folder: str | Path) -> bool:
+    """Whether ``folder`` holds P-Net, R-Net and O-Net."""
+    return all((Path(folder) / name).is_file() for name in CASCADE_FILES)
+
+
 def list_entries(root: str | Path | None = None) -> list[str]:
     """The names of the entries under the weights root, sorted (none when the folder is absent)."""
     folder = weights_root(root)
