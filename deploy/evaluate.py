@@ -95,7 +95,7 @@ def detection_records(args: argparse.Namespace, entry: Path, config: Config, log
     nets = {net: load_net(entry, net).to(device) for net in NET_NAMES}
     records = []
     if args.wider:
-        items, names, keep = validation_split(Path(args.wider), args.holdout_every, 0, log)
+        items, names, keep = validation_split(Path(args.wider), args.holdout_every, config.mtcnn.eval_max_images, log)
         if not items:
             raise DataError(args.wider, "no images to evaluate in this WIDER-format folder")
         data = MTCNNData([], items, names, [], [], keep)
