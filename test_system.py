@@ -44,6 +44,7 @@ from datasets.lfw import check_pairs_images, lfw_image_path, read_pairs
 from models.gallery import Gallery
 from models.matcher import balanced_pairs, matcher_summary
 from models.system import FaceRecognitionSystem, ImageResult
+from models.zoo import entry_matcher
 from training.mtcnn.evaluation import DetectionEvaluator
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
@@ -76,9 +77,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="the test images are already aligned face crops: skip detection and alignment")
     models = parser.add_argument_group("models (default: the paths section of the config)")
     add_detector_arg(models)
-    models.add_argument("--embedder", metavar="FILE", default=None, help="embedder checkpoint (paths.embedder)")
+    models.add_argument("--embedder", metavar="FILE", default=None,
+                        help="embedder checkpoint or model-zoo entry name (paths.embedder)")
     models.add_argument("--matcher", metavar="FILE", default=None,
-                        help="matcher file from train_matching.py (paths.matcher); must be made for this embedder")
+                        help="matcher file from train_matching.py or entry name (paths.matcher; default with an "
+                             "entry's --embedder: the entry's matcher); must be made for this embedder")
     gallery = parser.add_argument_group("gallery")
     gallery.add_argument("--gallery", metavar="FILE", default=None,
                          help="gallery file written after enrolment, or read with --reuse-gallery/--rebuild "
@@ -281,12 +284,14 @@ def format_times(system: FaceRecognitionSystem) -> str:
 
 
 def apply_model_flags(args: argparse.Namespace) -> None:
-    """Turn --detector/--embedder/--matcher into ``--set paths.*`` items (so the saved report shows them)."""
+    """Turn --detector/--embedder/--matcher into ``--set paths.*`` items (so the saved report shows them); an
+    --embedder that names a model-zoo entry brings the entry's matcher unless --matcher is given."""
     args.set_items += detector_overrides(args.detector)
     if args.embedder:
         args.set_items.append(f"paths.embedder={args.embedder}")
-    if args.matcher:
-        args.set_items.append(f"paths.matcher={args.matcher}")
+    matcher = args.matcher or entry_matcher(args.embedder)
+    if matcher:
+        args.set_items.append(f"paths.matcher={matcher}")
     if args.gallery:
         args.set_items.append(f"paths.gallery={args.gallery}")
 
@@ -418,6 +423,7 @@ def main(args: argparse.Namespace) -> int:
         "not_enrolled": not_enrolled, "probes_left_out": left_out_probes,
         "identities_left_out": folder.left_out(),
         "seconds_per_image": system.times.per_image(), "gallery": str(gallery_path),
+        "test_set": str(pairs_file or identities_root),
         "embedder_sha256": system.embedder_sha256, "bad_inputs": len(system.log),
         "bad_input_files": sorted({problem.path for problem in system.log.problems}),
     }

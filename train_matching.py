@@ -48,6 +48,7 @@ from models.matcher import (
     simulate_open_set,
 )
 from models.system import FaceRecognitionSystem
+from models.zoo import EMBEDDER_FILE, entry_file, is_entry
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
 from utils.errors import DataError
@@ -80,9 +81,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(default: matching.identities, or the --images folder)")
     add_detector_arg(parser, " to find and align the faces with")
     parser.add_argument("--embedder", metavar="FILE", default=None,
-                        help="embedder checkpoint whose embeddings are matched (default: paths.embedder)")
+                        help="embedder checkpoint (or model-zoo entry name) whose embeddings are matched "
+                             "(default: paths.embedder)")
     parser.add_argument("--output", metavar="FILE", default=None,
-                        help="where the chosen matcher is written (default: paths.matcher, beside the embedder)")
+                        help="where the chosen matcher is written (default: paths.matcher, beside the embedder; "
+                             "for an entry's embedder <paths.runs_dir>/<entry>/)")
     parser.add_argument("--report-dir", metavar="DIR", default=None,
                         help="folder for report.json, roc.png and the score histograms "
                              "(default: <folder of --output>/matching)")
@@ -355,8 +358,11 @@ def main(args: argparse.Namespace) -> int:
     method = args.method or settings.method
     pairs_file = Path(args.pairs) if args.pairs else config.path("val_pairs")
     images = Path(args.images) if args.images else (pairs_file.parent / "images" if args.pairs else config.path("val_images"))
-    embedder_path = Path(args.embedder) if args.embedder else config.path("embedder")
-    output = Path(args.output) if args.output else (embedder_path.parent / config.path("matcher").name
+    embedder_path = entry_file(args.embedder, EMBEDDER_FILE) if args.embedder else config.path("embedder")
+    beside = embedder_path.parent  # a model-zoo entry stays as shipped: its new matcher goes to <runs_dir>/<entry>
+    if is_entry(beside):
+        beside = config.path("runs_dir") / beside.name
+    output = Path(args.output) if args.output else (beside / config.path("matcher").name
                                                     if args.embedder else config.path("matcher"))
     report_dir = Path(args.report_dir) if args.report_dir else output.parent / "matching"
 

@@ -19,47 +19,32 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from config import Config, MTCNNConfig, MTCNNStageConfig, load_config
-from datasets.celeba import read_celeba_landmark_annotations
-from datasets.decoding import decoded_batches, keep_batch
-from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
-from datasets.landmarks import landmark_image_path, read_landmark_list
-from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
-from models.detector import DetectorSettings, FaceDetector
-from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_MULTIPLIER, build_net
+from datasets.decoding import keep_batch
+from models.mtcnn import NET_NAMES, build_net
 from models.weights import load_net
-from training.mtcnn.evaluation import (
-    CascadeEvaluation,
-    ellipse_rect_iou,
-    fddb_tpr_at_fp,
-    format_report,
-    landmark_nme,
-    match_detections,
-    save_pr_curves,
-)
+from training.mtcnn.cascade import evaluate, evaluate_fddb, make_detector, to_net_input
+from training.mtcnn.data import MTCNNData, load_data
+from training.mtcnn.evaluation import format_report
 from training.mtcnn.loss import MTCNNLoss, summarize_stats
 from training.mtcnn.mining import mining_function
 from training.mtcnn.packed import BalancedBatchSampler, PackedSamples
-from training.mtcnn.samples import DetectionItem, LandmarkItem, augment_batch, generate_samples, target_frame
-from utils.area_resize import crop_resize, integral_image
-from utils.atomic import atomic_write_text
-from utils.boxes import decode_landmarks, square_boxes
+from training.mtcnn.samples import augment_batch, generate_samples
+from utils.atomic import atomic_write_json
 from utils.checkpoint import load_checkpoint
 from utils.cli import add_config_args, config_from_args, run
 from utils.config_io import config_to_dict, save_config
 from utils.distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
 from utils.errors import BadInputLog, ConfigError, DataError
 from utils.hashing import file_fingerprint
-from utils.images import read_image
 from utils.logger import RunLogger
 from utils.plots import plot_loss_curves
 from utils.seed import seed_everything, worker_seed
@@ -75,8 +60,6 @@ from utils.training import (
     loader_generator,
     unwrap,
 )
-
-SUBSETS = ("easy", "medium", "hard")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -111,241 +94,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="FDDB image root (originalPics) for --fddb-folds")
     add_config_args(parser)
     return parser
-
-
-# --- data -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MTCNNData:
-    """The detection and landmark items of the run, split into training and validation."""
-
-    train: list[DetectionItem]
-    val: list[DetectionItem]
-    val_names: list[str]  # image paths as the annotation file gives them (keep-list keys)
-    landmarks_train: list[LandmarkItem]
-    landmarks_test: list[LandmarkItem]
-    keep: dict[str, list[np.ndarray]] = field(default_factory=dict)  # subset -> per val image bool masks
-
-
-def _detection_items(images_dir: Path, annotations: list) -> list[DetectionItem]:
-    return [DetectionItem(str(images_dir / a.image_path), a.boxes, a.valid) for a in annotations]
-
-
-def _landmark_items(list_path: Path, annotations: list) -> list[LandmarkItem]:
-    return [LandmarkItem(str(landmark_image_path(list_path, a)), a.box, a.landmarks) for a in annotations]
-
-
-def _every(items: list, n: int, held_out: bool) -> list:
-    """Every ``n``-th item (the n-th, 2n-th, ...) when ``held_out``, else all the others."""
-    return [x for i, x in enumerate(items) if ((i + 1) % n == 0) == held_out]
-
-
-def _subsample(items: list, fraction: float) -> list:
-    """An evenly spaced ``fraction`` of ``items`` (all when fraction is 1)."""
-    if fraction >= 1.0 or not items:
-        return items
-    count = max(1, int(round(len(items) * fraction)))
-    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
-
-
-def _find_keep_lists(root: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The official easy/medium/hard val keep-lists under ``root`` (.mat needs wider_face_val.mat), if present."""
-    found = {}
-    for folder in (root / "wider_face_split", root / "eval_tools" / "ground_truth", root / "ground_truth"):
-        for subset in SUBSETS:
-            if subset in found:
-                continue
-            mat, text = folder / f"wider_{subset}_val.mat", folder / f"wider_{subset}_val.txt"
-            names = folder / "wider_face_val.mat"
-            if mat.is_file():
-                found[subset] = read_wider_keep_list(mat, names_from=names if names.is_file() else None)
-            elif text.is_file():
-                found[subset] = read_wider_keep_list(text)
-    return found
-
-
-def load_data(config: Config, log: BadInputLog) -> MTCNNData:
-    """Read the WIDER-format annotations and landmark lists named by the config and split them."""
-    m = config.mtcnn
-    root = config.path("wider_face")
-    train_images, train_file = wider_split_paths(root, "train")
-    train_ann = read_wider_annotations(train_file, log=log)
-    keep_lists: dict[str, dict[str, np.ndarray]] = {}
-    if m.holdout_every > 0:
-        val_images, val_ann = train_images, _every(train_ann, m.holdout_every, True)
-        train_ann = _every(train_ann, m.holdout_every, False)
-    else:
-        val_images, val_file = wider_split_paths(root, "val")
-        if not val_file.is_file():
-            raise DataError(val_file, "validation annotations not found; set mtcnn.holdout_every=10 to hold out "
-                                      "every 10th training image instead")
-        val_ann = read_wider_annotations(val_file, log=log)
-        keep_lists = _find_keep_lists(root)
-    if m.eval_max_images > 0:
-        val_ann = _subsample(val_ann, m.eval_max_images / max(len(val_ann), 1))
-    train_ann = _subsample(train_ann, m.train_fraction_of_images)
-
-    marks_train_path, marks_test_path = config.path("landmarks_train"), config.path("landmarks_test")
-    marks_train = read_landmark_list(marks_train_path, log=log)
-    if marks_test_path == marks_train_path:
-        every = m.holdout_every if m.holdout_every > 0 else 10
-        marks_test, marks_train = _every(marks_train, every, True), _every(marks_train, every, False)
-        marks_test_path = marks_train_path
-    else:
-        marks_test = read_landmark_list(marks_test_path, log=log)
-    landmarks_train = _landmark_items(marks_train_path, _subsample(marks_train, m.train_fraction_of_images))
-    celeba = config.path("celeba")
-    bbox, points = celeba / "list_bbox_celeba.txt", celeba / "list_landmarks_celeba.txt"
-    if bbox.is_file() and points.is_file():
-        annotations = read_celeba_landmark_annotations(bbox, points, log=log)
-        landmarks_train += [LandmarkItem(str(celeba / "img_celeba" / a.image_path), a.box, a.landmarks)
-                            for a in _subsample(annotations, m.train_fraction_of_images)]
-    keep = {name: keep_masks(val_ann, lists, f"wider_{name}_val") for name, lists in keep_lists.items()}
-    return MTCNNData(_detection_items(train_images, train_ann), _detection_items(val_images, val_ann),
-                     [a.image_path for a in val_ann], landmarks_train,
-                     _landmark_items(marks_test_path, marks_test), keep)
-
-
-# --- the cascade for mining and evaluation ----------------------------------------------------------------
-
-
-def make_detector(nets: dict[str, nn.Module], config: Config, device: torch.device,
-                  thresholds: tuple[float, float, float] | None = None) -> FaceDetector:
-    """A FaceDetector from the nets trained so far (later positions get untrained nets that are never run)."""
-    filled = [nets[name] if name in nets else build_net(name) for name in NET_NAMES]
-    settings = DetectorSettings.from_config(config.detector)
-    if thresholds is not None:
-        settings.thresholds = thresholds
-    return FaceDetector(*filled, settings=settings, device=device)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """A report file, written atomically."""
-    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
-
-
-def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Run the cascade once and keep each stage's output per image: ``[{stage: (boxes, scores)}]``."""
-    stages = NET_NAMES[:NET_NAMES.index(until) + 1]
-    per_image: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in images]
-    with torch.inference_mode():
-        prep = detector.prepare(images)
-        cands = None
-        for stage in stages:
-            if stage == "pnet":
-                cands = detector.pnet_stage(prep)
-            elif stage == "rnet":
-                cands = detector.rnet_stage(prep, cands)
-            else:
-                cands = detector.onet_stage(prep, cands)
-            for i, det in enumerate(detector.split(prep, cands, stage)):
-                per_image[i][stage] = (det.boxes.cpu().numpy(), det.scores.cpu().numpy())
-    return per_image
-
-
-def _image_batches(paths: list[str], batch: int, workers: int, log: BadInputLog):
-    """Yield lists of (index, image) in order, decoded in ``workers`` processes; bad files go to ``log``."""
-    for items in decoded_batches(paths, batch, workers):
-        good = []
-        for index, image, error in items:
-            if image is None:
-                log.report(DataError(paths[index], error))
-            else:
-                good.append((index, image))
-        yield good
-
-
-def landmark_error(net: nn.Module, items: list[LandmarkItem], device: torch.device, log: BadInputLog,
-                   batch: int = 256) -> dict[str, float]:
-    """Landmark error of one net on faces cropped square around their boxes: mean NME (inter-ocular) and failures > 0.1."""
-    size = NET_INPUT_SIZE[type(net).__name__.lower()]
-    net = net.to(device).eval()
-    errors = []
-    for start in range(0, len(items), batch):
-        crops, frames, truth = [], [], []
-        for item in items[start:start + batch]:
-            try:
-                image = read_image(item.image_path)
-            except DataError as error:
-                log.report(error)
-                continue
-            region = square_boxes(torch.as_tensor(item.box, dtype=torch.float64)[None]).round().long().numpy()
-            crops.append(crop_resize(integral_image(image), region, size)[0])
-            frames.append(region[0])
-            truth.append(item.landmarks)
-        if not crops:
-            continue
-        with torch.no_grad():
-            out = net(to_net_input(torch.from_numpy(np.stack(crops)), device), logits=True)
-        frame, inclusive = target_frame(np.stack(frames), size)
-        points = decode_landmarks(frame, out.landmarks.reshape(len(crops), 10).double().cpu(), inclusive=inclusive)
-        errors.append(landmark_nme(points.numpy(), np.stack(truth)))
-    nme = np.concatenate(errors) if errors else np.zeros(0)
-    return {"landmark_nme": float(nme.mean()) if len(nme) else float("nan"),
-            "landmark_failure_rate": float((nme > 0.1).mean()) if len(nme) else float("nan"),
-            "landmark_faces": int(len(nme))}
-
-
-def evaluation_detector(nets: dict[str, nn.Module], config: Config, until: str, device: torch.device) -> FaceDetector:
-    """The cascade up to ``until`` for evaluation: the detector's thresholds, except that a final O-Net keeps
-    faces down to ``mtcnn.eval_score_floor`` so that AP ranks the whole list."""
-    thresholds = tuple(config.detector.thresholds)
-    if until == "onet":
-        thresholds = (thresholds[0], thresholds[1], min(thresholds[2], config.mtcnn.eval_score_floor))
-    return make_detector(nets, config, device, thresholds)  # type: ignore[arg-type]
-
-
-def evaluate(nets: dict[str, nn.Module], data: MTCNNData, until: str, config: Config, out_dir: Path | None,
-             log: BadInputLog, device: torch.device, workers: int = 0) -> dict[str, Any]:
-    """Run the cascade up to ``until`` over the validation split; report, write eval.json and pr_curve.png.
-
-    Precision, recall and mean IoU are at the detector's threshold for that stage; AP ranks every face
-    the evaluation detector returns. Landmark error is measured when the last net has a landmark head.
-    """
-    m = config.mtcnn
-    stages = NET_NAMES[:NET_NAMES.index(until) + 1]
-    detector = evaluation_detector(nets, config, until, device)
-    operating = config.detector.thresholds[NET_NAMES.index(until)]
-    evaluation = CascadeEvaluation(stages, m.eval_iou, config.detector.min_face_size, tuple(data.keep), operating)
-    start = time.perf_counter()
-    for batch in _image_batches([item.image_path for item in data.val], m.eval_batch_images, workers, log):
-        if not batch:
-            continue
-        results = detect_all_stages(detector, [image for _, image in batch], until)
-        for (index, _), found in zip(batch, results):
-            item = data.val[index]
-            evaluation.add(found, item.boxes, item.valid, {k: masks[index] for k, masks in data.keep.items()})
-    report = evaluation.report()
-    report["seconds"] = time.perf_counter() - start
-    if unwrap(nets[until]).has_landmarks and data.landmarks_test:
-        report.update(landmark_error(nets[until], data.landmarks_test, device, log))
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "eval.json", report)
-        save_pr_curves(out_dir / "pr_curve.png", evaluation.curves(), f"MTCNN up to {until} (IoU {m.eval_iou:g})")
-    return report
-
-
-def evaluate_fddb(nets: dict[str, nn.Module], config: Config, device: torch.device, folds_dir: str | Path, images_root: str | Path, log: BadInputLog,
-                  workers: int = 0, batch: int = 8) -> dict[str, float]:
-    """FDDB discrete protocol over every fold file: true-positive rate at 1,000 and 2,000 false positives."""
-    detector = evaluation_detector(nets, config, "onet", device)
-    iou_threshold = config.mtcnn.eval_iou
-    annotations = [a for fold in fddb_fold_files(folds_dir) for a in read_fddb_ellipses(fold, log=log)]
-    paths = [str(fddb_image_path(images_root, a.image_path)) for a in annotations]
-    matches = []
-    for chunk in _image_batches(paths, batch, workers, log):
-        if not chunk:
-            continue
-        found = detector.detect([image for _, image in chunk])
-        for (index, _), det in zip(chunk, found):
-            boxes, scores = det.boxes.cpu().numpy(), det.scores.cpu().numpy()
-            overlaps = ellipse_rect_iou(boxes, annotations[index].ellipses)
-            matches.append(match_detections(boxes, scores, annotations[index].boxes, None, iou_threshold, overlaps))
-    rates = fddb_tpr_at_fp(matches, (1000, 2000))
-    return {"fddb_images": len(matches), "fddb_faces": sum(m.faces for m in matches),
-            "fddb_tpr_at_1000_fp": rates[1000], "fddb_tpr_at_2000_fp": rates[2000]}
 
 
 # --- samples ----------------------------------------------------------------------------------------------
@@ -393,12 +141,6 @@ def build_samples(stage: str, config: Config, data: MTCNNData, run_dir: Path, ne
 
 
 # --- training -------------------------------------------------------------------------------------------
-
-
-def to_net_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """[B, S, S, 3] RGB pixels (uint8 or float 0..255) -> float [B, 3, S, S] as (x - 127.5) / 128 on ``device``."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return (x - PIXEL_MEAN) * PIXEL_MULTIPLIER
 
 
 def _forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: MTCNNLoss, device: torch.device,
@@ -587,7 +329,7 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
             if "landmark_nme" in evaluation:
                 logger.info(f"[{stage} eval] landmark NME {evaluation['landmark_nme']:.4f} (inter-ocular), "
                             f"failures > 0.1: {evaluation['landmark_failure_rate']:.3f}")
-        _write_json(done_path, report)
+        atomic_write_json(done_path, report)
     logger.close()
     barrier()
     return report
@@ -620,7 +362,7 @@ def test_only(args: argparse.Namespace, config: Config, data: MTCNNData, run_dir
         if not args.fddb_images:
             raise ConfigError("--fddb-folds needs --fddb-images (the originalPics folder)")
         report.update(evaluate_fddb(nets, config, device, args.fddb_folds, args.fddb_images, log, workers))
-        _write_json(out_dir / "eval.json", report)
+        atomic_write_json(out_dir / "eval.json", report)
     print(f"{name} cascade up to {until} on {len(data.val)} validation images:")
     for line in format_report(report):
         print(line)
@@ -665,7 +407,7 @@ def main(args: argparse.Namespace) -> int:
                 sources[stage] = file_fingerprint(run_dir / stage / "best.pt")
         if dist.is_main:
             summary = {"stages": reports, "seconds": time.perf_counter() - started, "bad_inputs": len(log)}
-            _write_json(run_dir / "report.json", summary)
+            atomic_write_json(run_dir / "report.json", summary)
             if len(log):
                 print(log.summary())
             final = reports[stages[-1]].get("eval")

@@ -65,8 +65,11 @@ def write_fddb_ellipses(path: str | Path, annotations: Sequence[FddbAnnotation])
 
 
 def fddb_fold_files(folds_dir: str | Path) -> list[Path]:
-    """The ``FDDB-fold-XX-ellipseList.txt`` files of a folder, in fold order; DataError when there are none."""
+    """The ``FDDB-fold-XX-ellipseList.txt`` files of a folder, in fold order (a fold file given instead of the
+    folder: that file alone); DataError when there are none."""
     folds_dir = Path(folds_dir)
+    if folds_dir.is_file():
+        return [folds_dir]
     if not folds_dir.is_dir():
         raise DataError(folds_dir, "FDDB folds folder not found")
     files = sorted(folds_dir.glob(_FOLD_GLOB))

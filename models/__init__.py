@@ -14,6 +14,7 @@ _EXPORTS = {
     "Gallery": "models.gallery",
     "FaceRecognitionSystem": "models.system", "AlignSettings": "models.system",
     "build_net": "models.mtcnn", "load_net": "models.weights",
+    "list_entries": "models.zoo", "resolve_entry": "models.zoo", "verify_entry": "models.zoo",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

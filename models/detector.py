@@ -367,7 +367,8 @@ class FaceDetector:
     @classmethod
     def from_pretrained(cls, source: str | Path = WHEEL_SOURCE, settings: DetectorSettings | None = None,
                         device: str | torch.device = "cpu") -> "FaceDetector":
-        """The original MTCNN weights from a folder (pnet.pt, rnet.pt, onet.pt) or the facenet-pytorch wheel."""
+        """The three nets from one source: a folder of pnet.pt, rnet.pt, onet.pt, a model-zoo entry (``"mtcnn_wider"``
+        or ``"weights/mtcnn_wider"``), or the original weights in the facenet-pytorch wheel (the default)."""
         return cls.from_checkpoints(source, source, source, settings=settings, device=device)
 
     # ----------------------------------------------------------------------------------------------

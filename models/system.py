@@ -28,6 +28,7 @@ from models.embedder import Embedder
 from models.gallery import Gallery, RebuildReport
 from models.matcher import Matcher, load_matcher
 from models.onnx_nets import OnnxEmbedder, resolve_onnx
+from models.zoo import EMBEDDER_FILE, MATCHER_FILE, entry_file
 from utils.checkpoint import load_checkpoint, load_model_state
 from utils.device import select_device
 from utils.errors import BadInputLog, DataError
@@ -191,9 +192,10 @@ def open_embedder(path: Path, device: torch.device, fp16: bool = False
     return model, recorded, sha256_file(path)
 
 
-def load_embedder(path: Path, device: torch.device) -> Embedder:
-    """The :class:`Embedder` of a toolkit checkpoint (see :func:`read_embedder`), on ``device``, in eval mode."""
-    return read_embedder(path, device)[0]
+def load_embedder(path: str | Path, device: torch.device) -> Embedder:
+    """The :class:`Embedder` of a toolkit checkpoint (see :func:`read_embedder`) or of a model-zoo entry, on
+    ``device``, in eval mode."""
+    return read_embedder(entry_file(path, EMBEDDER_FILE), device)[0]
 
 
 def resize_crops(crops: torch.Tensor, side: int) -> torch.Tensor:
@@ -241,12 +243,13 @@ class FaceRecognitionSystem:
                    align: AlignSettings | None = None, detector_backend: str = "torch", embedder_fp16: bool = False,
                    **options: Any) -> FaceRecognitionSystem:
         """Load the models from files: embedder checkpoint, P/R/O-Net weights (None: inputs are aligned crops),
-        matcher JSON and gallery file (each checked against the embedder). Faces are cut as the checkpoint
-        records its training crops were; ``align`` supplies what it does not record (and the face selection).
+        matcher JSON and gallery file (each checked against the embedder); a model-zoo entry's name stands for
+        its file. Faces are cut as the checkpoint records its training crops were; ``align`` supplies what it
+        does not record (and the face selection).
         ``detector_backend`` "onnx" and an ``embedder`` ending in ``.onnx`` run exported models on ONNX Runtime
         (see :func:`open_embedder`); ``embedder_fp16`` runs a checkpoint in half precision on CUDA."""
         device = torch.device(device)
-        embedder_path = Path(embedder)
+        embedder_path = entry_file(embedder, EMBEDDER_FILE)
         model, recorded, sha = open_embedder(embedder_path, device, embedder_fp16)
         align = align or AlignSettings()
         if recorded is not None:
@@ -255,7 +258,8 @@ class FaceRecognitionSystem:
         if detector is not None:
             face_detector = FaceDetector.from_checkpoints(*detector, settings=detector_settings, device=device,
                                                           backend=detector_backend)
-        loaded_matcher = load_matcher(matcher, sha, model.embedding_size) if matcher is not None else None
+        loaded_matcher = (load_matcher(entry_file(matcher, MATCHER_FILE), sha, model.embedding_size)
+                          if matcher is not None else None)
         loaded_gallery = Gallery.load(gallery, sha) if gallery is not None and Path(gallery).is_file() else None
         return cls(face_detector, model, sha, matcher=loaded_matcher, gallery=loaded_gallery, align=align, **options)
 

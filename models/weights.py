@@ -7,7 +7,8 @@ Where weights come from (a *source*, as ``config.py`` stores it per net):
   as written by training (``utils/checkpoint.py``) and by :func:`save_net` (``"net"`` is read as ``"kind"``);
 * a folder holding ``pnet.pt``, ``rnet.pt`` and ``onet.pt`` (e.g. ``../shared/pretrained/mtcnn_facenet_pytorch``);
 * the word ``"facenet-pytorch"``: the same original files inside an installed ``facenet-pytorch`` wheel
-  (``pip install --no-deps facenet-pytorch==2.6.0``), found through package metadata without importing it.
+  (``pip install --no-deps facenet-pytorch==2.6.0``), found through package metadata without importing it;
+* a model-zoo entry's name (``mtcnn_wider`` or ``weights/mtcnn_wider``; see ``models/zoo.py``).
 
 Everything is read with ``torch.load(..., weights_only=True)``; a file that is not a checkpoint, or is a
 checkpoint of another net or with other shapes, raises :class:`utils.errors.DataError` naming the file.
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from models.mtcnn import NET_NAMES, build_net
+from models.zoo import resolve_entry
 from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from utils.errors import DataError
 
@@ -48,12 +50,13 @@ def wheel_weights_dir() -> Path:
 
 
 def resolve_weights(source: str | Path, net: str) -> Path:
-    """Turn a weight source (file, folder, or "facenet-pytorch") into the file holding ``net``'s weights."""
+    """Turn a weight source (file, folder, zoo entry name, or "facenet-pytorch") into the file holding ``net``'s
+    weights."""
     if net not in NET_NAMES:
         raise ValueError(f"unknown MTCNN net {net!r}; expected one of {', '.join(NET_NAMES)}")
     if str(source) == WHEEL_SOURCE:
         return wheel_weights_dir() / f"{net}.pt"
-    path = Path(source)
+    path = resolve_entry(source)
     if path.is_dir():
         path = path / f"{net}.pt"
     if not path.is_file():

@@ -114,6 +114,7 @@ def test_fold_files_and_image_paths(tmp_path: Path) -> None:
     assert [p.name for p in fddb_fold_files(tmp_path)] == [
         "FDDB-fold-01-ellipseList.txt", "FDDB-fold-02-ellipseList.txt", "FDDB-fold-10-ellipseList.txt"]
     assert read_fddb_ellipses(tmp_path / "FDDB-fold-02-ellipseList.txt") == []
+    assert fddb_fold_files(tmp_path / "FDDB-fold-02-ellipseList.txt") == [tmp_path / "FDDB-fold-02-ellipseList.txt"]
     with pytest.raises(DataError, match="folds folder not found"):
         fddb_fold_files(tmp_path / "absent")
     with pytest.raises(DataError, match="no FDDB-fold-XX-ellipseList.txt"):

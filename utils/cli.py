@@ -30,15 +30,16 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_detector_arg(parser: argparse.ArgumentParser | Any, purpose: str = "") -> None:
     """Add ``--detector DIR``: one folder of pnet.pt, rnet.pt and onet.pt in place of paths.pnet/rnet/onet."""
     parser.add_argument("--detector", metavar="DIR", default=None,
-                        help="folder holding pnet.pt, rnet.pt and onet.pt (e.g. the original MTCNN weights)"
-                             f"{purpose}; sets paths.pnet/rnet/onet (default: the trained cascade)")
+                        help="folder holding pnet.pt, rnet.pt and onet.pt (e.g. the original MTCNN weights), or a "
+                             f"model-zoo entry's name{purpose}; sets paths.pnet/rnet/onet (default: the trained cascade)")
 
 
 def detector_overrides(folder: str | Path | None) -> list[str]:
-    """The ``--set`` items that ``--detector folder`` stands for (none when no folder is given)."""
+    """The ``--set`` items that ``--detector folder`` stands for (none when no folder is given): each of
+    paths.pnet/rnet/onet names the folder (or entry), which holds that net's file."""
     if not folder:
         return []
-    return [f"paths.{net}={Path(folder) / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
+    return [f"paths.{net}={folder}" for net in ("pnet", "rnet", "onet")]
 
 
 def config_from_args(args: argparse.Namespace, load: Callable[[str | None, list[str]], ConfigT]) -> ConfigT:
