@@ -4,6 +4,7 @@ explain what needs registration, verify every dataset present, and print a summa
     python prepare_training_data.py                      # everything: synthetic set, downloads, verify
     python prepare_training_data.py --only synthetic     # just the built-in synthetic set (no network)
     python prepare_training_data.py --verify --deep      # only check what is there, decoding every image
+    python prepare_training_data.py --make-pairs DIR     # an LFW View-2 pairs file over an identity folder
 """
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from pathlib import Path
 
 from config import Config, load_config
 from datasets.align_dataset import ALIGN_DATASETS, align_dataset
+from datasets.lfw import write_pairs
+from datasets.pairs_builder import make_pairs
 from datasets.sources import SOURCES, fetch_source, missing_paths
 from datasets.synthetic import generate_synthetic_set
 from datasets.verify import DatasetReport, format_table, verify_identities, verify_landmarks, verify_pairs, verify_wider
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, config_from_args, run
 from utils.config_io import save_config
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 DATASET_CHOICES = ("synthetic", *SOURCES)
 
@@ -48,6 +51,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--align-dst", metavar="DIR", default=None,
                         help="with --align: output folder (default: paths.aligned for synthetic, else "
                              "<data_root>/aligned/<DATASET>)")
+    parser.add_argument("--make-pairs", metavar="DIR", default=None,
+                        help="instead of the steps above: write an LFW View-2 pairs file over the LFW-layout identity "
+                             "folder DIR (<Name>/<Name>_NNNN.jpg, as --align writes evaluation sets)")
+    parser.add_argument("--folds", type=int, default=10, help="with --make-pairs: number of folds")
+    parser.add_argument("--pairs-per-fold", type=int, default=300,
+                        help="with --make-pairs: same pairs per fold (and as many different ones); fewer when the "
+                             "folder cannot supply them")
+    parser.add_argument("--fold-split", choices=("identity", "image"), default="identity",
+                        help="with --make-pairs: folds disjoint by person (the LFW protocol; needs 2 people per "
+                             "fold) or by photo (sets of few people)")
+    parser.add_argument("--pairs-out", metavar="FILE", default=None,
+                        help="with --make-pairs: the file to write (default: pairs_<folds>folds.txt beside DIR); "
+                             "an existing file is never overwritten")
     add_config_args(parser)
     return parser
 
@@ -111,8 +127,26 @@ def verify_all(config: Config, names: list[str], deep: bool) -> list[DatasetRepo
     return reports
 
 
+def write_pairs_file(args: argparse.Namespace, seed: int) -> Path:
+    """--make-pairs: build the folds and write them atomically to a file that does not exist yet."""
+    images = Path(args.make_pairs)
+    out = Path(args.pairs_out) if args.pairs_out else images.parent / f"pairs_{args.folds}folds.txt"
+    if out.exists():
+        raise DataError(out, "exists already (choose another --pairs-out or remove it)")
+    if args.folds < 1 or args.pairs_per_fold < 1:
+        raise ConfigError("--folds and --pairs-per-fold must be at least 1")
+    folds = make_pairs(images, args.folds, args.pairs_per_fold, seed, split=args.fold_split)
+    write_pairs(out, folds)
+    half = len(folds[0]) // 2
+    print(f"{out}: {len(folds)} {args.fold_split}-disjoint folds of {half} same + {half} different pairs over {images}")
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args, load_config)
+    if args.make_pairs:
+        write_pairs_file(args, config.runtime.seed)
+        return 0
     if args.align:
         align_dataset(args.align, config, args.align_src, args.align_dst, workers=config.runtime.workers)
         return 0

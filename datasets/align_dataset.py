@@ -34,7 +34,8 @@ from tqdm import tqdm
 from config import Config, FaceSelection
 from datasets.decoding import decoded_batches
 from datasets.identity import IdentityFolder
-from datasets.lfw import Pair, write_pairs
+from datasets.lfw import write_pairs
+from datasets.pairs_builder import make_pairs
 from datasets.recordio import FaceRecordSet
 from models.alignment import align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
@@ -268,50 +269,6 @@ def hold_out_identities(identities: Sequence[str], holdout: int, seed: int) -> t
     order = np.random.default_rng([seed, 20170]).permutation(len(names))
     held = {names[i] for i in order[:holdout]}
     return [n for n in names if n not in held], sorted(held)
-
-
-def _lfw_index(identity: str, path: Path) -> int | None:
-    stem = path.stem
-    prefix = f"{identity}_"
-    return int(stem[len(prefix):]) if stem.startswith(prefix) and stem[len(prefix):].isdigit() else None
-
-
-def make_pairs(images_root: str | Path, folds: int, pairs_per_fold: int, seed: int) -> list[list[Pair]]:
-    """LFW View-2 folds over the identities of an LFW-layout folder: identities dealt to folds (each in one
-    fold), per fold ``pairs_per_fold`` same pairs then as many different pairs, drawn by ``seed``.
-
-    When the smallest fold cannot supply that many distinct pairs, every fold gets as many as it can.
-    """
-    root = Path(images_root)
-    images: dict[str, list[int]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        numbers = sorted(n for n in (_lfw_index(folder.name, f) for f in folder.glob("*.jpg")) if n is not None)
-        if numbers:
-            images[folder.name] = numbers
-    names = sorted(images)
-    if len(names) < 2 * folds:
-        raise DataError(root, f"{len(names)} identities cannot fill {folds} identity-disjoint folds (2 per fold needed)")
-    rng = np.random.default_rng([seed, 1972])
-    order = [names[i] for i in rng.permutation(len(names))]
-    members = [sorted(order[f::folds]) for f in range(folds)]
-    same_candidates = [[(n, i, j) for n in group for a, i in enumerate(images[n]) for j in images[n][a + 1:]]
-                       for group in members]
-    diff_counts = [sum(len(images[a]) * len(images[b]) for x, a in enumerate(group) for b in group[x + 1:])
-                   for group in members]
-    per_fold = min([pairs_per_fold, *map(len, same_candidates), *diff_counts])
-    if per_fold < 1:
-        raise DataError(root, "some fold has no identity with two images; fewer folds or more images needed")
-    result = []
-    for group, candidates in zip(members, same_candidates):
-        same = [Pair(n, i, n, j) for n, i, j in (candidates[int(c)] for c in
-                                                 rng.choice(len(candidates), per_fold, replace=False))]
-        different: dict[tuple[str, int, str, int], Pair] = {}
-        while len(different) < per_fold:
-            a, b = sorted(rng.choice(group, size=2, replace=False).tolist())
-            i, j = int(rng.choice(images[a])), int(rng.choice(images[b]))
-            different.setdefault((a, i, b, j), Pair(a, i, b, j))
-        result.append(same + list(different.values()))
-    return result
 
 
 # --- datasets by name, from the config ------------------------------------------------------------------------

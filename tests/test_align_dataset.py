@@ -18,15 +18,15 @@ from datasets.align_dataset import (
     choose_face,
     framing_margins,
     list_photos,
-    make_pairs,
     hold_out_identities,
 )
 from datasets.lfw import read_pairs, write_pairs
+from datasets.pairs_builder import make_pairs
 from datasets.recordio import RecordHeader, pack_record, write_recordio
 from models.alignment import align_faces
 from models.detector import Detections
 from tests.conftest import run_script
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 from utils.images import IMAGE_EXTENSIONS, read_image, write_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -198,3 +198,36 @@ def test_rec_source_with_held_out_identities(tmp_path: Path, shared_data: Path, 
     assert pairs.num_folds == 2 and pairs.pairs_per_fold == report["pairs_per_fold"] >= 1
     for pair in pairs.pairs:
         assert (test_images / pair.name_a / f"{pair.name_a}_{pair.index_a:04d}.jpg").is_file()
+
+
+def test_image_disjoint_pairs_serve_sets_of_few_people(tmp_path: Path) -> None:
+    for name, count in (("Ann", 9), ("Bob", 7), ("Cid", 4)):
+        (tmp_path / name).mkdir()
+        for index in range(1, count + 1):
+            (tmp_path / name / f"{name}_{index:04d}.jpg").touch()
+    with pytest.raises(DataError, match="identity-disjoint"):
+        make_pairs(tmp_path, folds=3, pairs_per_fold=2, seed=0)
+    folds = make_pairs(tmp_path, folds=3, pairs_per_fold=2, seed=0, split="image")
+    assert folds == make_pairs(tmp_path, folds=3, pairs_per_fold=2, seed=0, split="image")
+    photos = [{(p.name_a, p.index_a) for p in fold} | {(p.name_b, p.index_b) for p in fold} for fold in folds]
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not photos[a] & photos[b], "no photo is in two folds"
+    for fold in folds:
+        assert [p.same for p in fold] == [True] * 2 + [False] * 2 and len(set(fold)) == 4
+    assert {p.name_a for fold in folds for p in fold} == {"Ann", "Bob", "Cid"}
+
+
+def test_make_pairs_command_writes_a_new_file_and_never_overwrites(tmp_path: Path, capsys) -> None:
+    images = tmp_path / "images"
+    for name in ("Ann", "Bob", "Cid", "Dee"):
+        (images / name).mkdir(parents=True)
+        for index in range(1, 4):
+            (images / name / f"{name}_{index:04d}.jpg").touch()
+    argv = ["--make-pairs", str(images), "--folds", "2", "--pairs-per-fold", "2"]
+    assert run_script("prepare_training_data.py", argv) == 0
+    written = read_pairs(tmp_path / "pairs_2folds.txt")
+    assert written.num_folds == 2 and written.pairs_per_fold == 2
+    assert run_script("prepare_training_data.py", argv) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert read_pairs(tmp_path / "pairs_2folds.txt").pairs == written.pairs
