@@ -17,66 +17,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from config import Config, MTCNNConfig, MTCNNStageConfig, load_config
-from datasets.celeba import read_celeba_landmark_annotations
-from datasets.decoding import decoded_batches, keep_batch
-from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
-from datasets.landmarks import landmark_image_path, read_landmark_list
-from datasets.wider import keep_masks, read_wider_annotations, read_wider_keep_list, wider_split_paths
-from models.detector import STAGES, DetectorSettings, FaceDetector
-from models.mtcnn import NET_INPUT_SIZE, PIXEL_MEAN, PIXEL_SCALE, build_net
+from config import Config, load_config
+from datasets.decoding import keep_batch
+from models.detector import STAGES
 from models.weights import load_net
-from training.mtcnn.evaluation import (
-    CascadeEvaluation,
-    ellipse_rect_iou,
-    fddb_tpr_at_fp,
-    format_report,
-    landmark_nme,
-    match_detections,
-    save_pr_curves,
-)
-from training.mtcnn.loss import MTCNNLoss, summarize_stats
-from training.mtcnn.mining import mining_function
+from training.engine import EpochLoader, OptimSettings, Trainer
+from training.mtcnn.cascade import evaluate, evaluate_fddb
+from training.mtcnn.data import MTCNNData, load_data
+from training.mtcnn.evaluation import format_report
+from training.mtcnn.loss import MTCNNLoss
 from training.mtcnn.packed import BalancedBatchSampler, PackedSamples
-from training.mtcnn.samples import DetectionItem, LandmarkItem, augment_batch, generate_samples, target_frame
-from utils.area_resize import crop_resize, integral_image
-from utils.atomic import atomic_write_text
-from utils.boxes import decode_landmarks, square_boxes
-from utils.checkpoint import load_checkpoint
+from training.mtcnn.stage import StageTask, build_model, build_samples, stage_config
+from training.run import open_run
+from utils.atomic import atomic_write_json
 from utils.cli import add_config_args, config_from_args, run
-from utils.config_io import config_to_dict, save_config
-from utils.distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from utils.config_io import save_config
+from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.errors import BadInputLog, ConfigError, DataError
 from utils.hashing import file_fingerprint
-from utils.images import read_image
-from utils.logger import RunLogger
 from utils.plots import plot_loss_curves
 from utils.seed import seed_everything, worker_seed
-from utils.training import (
-    Checkpointer,
-    ResumableBatches,
-    StepRunner,
-    StopOnSignal,
-    TrainingState,
-    build_optimizer,
-    build_scheduler,
-    check_finite,
-    loader_generator,
-    unwrap,
-)
-
-SUBSETS = ("easy", "medium", "hard")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -113,395 +80,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- data -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MTCNNData:
-    """The detection and landmark items of the run, split into training and validation."""
-
-    train: list[DetectionItem]
-    val: list[DetectionItem]
-    val_names: list[str]  # image paths as the annotation file gives them (keep-list keys)
-    landmarks_train: list[LandmarkItem]
-    landmarks_test: list[LandmarkItem]
-    keep: dict[str, list[np.ndarray]] = field(default_factory=dict)  # subset -> per val image bool masks
-
-
-def _detection_items(images_dir: Path, annotations: list) -> list[DetectionItem]:
-    return [DetectionItem(str(images_dir / a.image_path), a.boxes, a.valid) for a in annotations]
-
-
-def _landmark_items(list_path: Path, annotations: list) -> list[LandmarkItem]:
-    return [LandmarkItem(str(landmark_image_path(list_path, a)), a.box, a.landmarks) for a in annotations]
-
-
-def _every(items: list, n: int, held_out: bool) -> list:
-    """Every ``n``-th item (the n-th, 2n-th, ...) when ``held_out``, else all the others."""
-    return [x for i, x in enumerate(items) if ((i + 1) % n == 0) == held_out]
-
-
-def _subsample(items: list, fraction: float) -> list:
-    """An evenly spaced ``fraction`` of ``items`` (all when fraction is 1)."""
-    if fraction >= 1.0 or not items:
-        return items
-    count = max(1, int(round(len(items) * fraction)))
-    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
-
-
-def _find_keep_lists(root: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The official easy/medium/hard val keep-lists under ``root`` (.mat needs wider_face_val.mat), if present."""
-    found = {}
-    for folder in (root / "wider_face_split", root / "eval_tools" / "ground_truth", root / "ground_truth"):
-        for subset in SUBSETS:
-            if subset in found:
-                continue
-            mat, text = folder / f"wider_{subset}_val.mat", folder / f"wider_{subset}_val.txt"
-            names = folder / "wider_face_val.mat"
-            if mat.is_file():
-                found[subset] = read_wider_keep_list(mat, names_from=names if names.is_file() else None)
-            elif text.is_file():
-                found[subset] = read_wider_keep_list(text)
-    return found
-
-
-def load_data(config: Config, log: BadInputLog) -> MTCNNData:
-    """Read the WIDER-format annotations and landmark lists named by the config and split them."""
-    m = config.mtcnn
-    root = config.path("wider_face")
-    train_images, train_file = wider_split_paths(root, "train")
-    train_ann = read_wider_annotations(train_file, log=log)
-    keep_lists: dict[str, dict[str, np.ndarray]] = {}
-    if m.holdout_every > 0:
-        val_images, val_ann = train_images, _every(train_ann, m.holdout_every, True)
-        train_ann = _every(train_ann, m.holdout_every, False)
-    else:
-        val_images, val_file = wider_split_paths(root, "val")
-        if not val_file.is_file():
-            raise DataError(val_file, "validation annotations not found; set mtcnn.holdout_every=10 to hold out "
-                                      "every 10th training image instead")
-        val_ann = read_wider_annotations(val_file, log=log)
-        keep_lists = _find_keep_lists(root)
-    if m.eval_max_images > 0:
-        val_ann = _subsample(val_ann, m.eval_max_images / max(len(val_ann), 1))
-    train_ann = _subsample(train_ann, m.train_fraction_of_images)
-
-    marks_train_path, marks_test_path = config.path("landmarks_train"), config.path("landmarks_test")
-    marks_train = read_landmark_list(marks_train_path, log=log)
-    if marks_test_path == marks_train_path:
-        every = m.holdout_every if m.holdout_every > 0 else 10
-        marks_test, marks_train = _every(marks_train, every, True), _every(marks_train, every, False)
-        marks_test_path = marks_train_path
-    else:
-        marks_test = read_landmark_list(marks_test_path, log=log)
-    landmarks_train = _landmark_items(marks_train_path, _subsample(marks_train, m.train_fraction_of_images))
-    celeba = config.path("celeba")
-    bbox, points = celeba / "list_bbox_celeba.txt", celeba / "list_landmarks_celeba.txt"
-    if bbox.is_file() and points.is_file():
-        annotations = read_celeba_landmark_annotations(bbox, points, log=log)
-        landmarks_train += [LandmarkItem(str(celeba / "img_celeba" / a.image_path), a.box, a.landmarks)
-                            for a in _subsample(annotations, m.train_fraction_of_images)]
-    keep = {name: keep_masks(val_ann, lists, f"wider_{name}_val") for name, lists in keep_lists.items()}
-    return MTCNNData(_detection_items(train_images, train_ann), _detection_items(val_images, val_ann),
-                     [a.image_path for a in val_ann], landmarks_train,
-                     _landmark_items(marks_test_path, marks_test), keep)
-
-
-# --- the cascade for mining and evaluation ----------------------------------------------------------------
-
-
-def make_detector(nets: dict[str, nn.Module], config: Config, device: torch.device,
-                  thresholds: tuple[float, float, float] | None = None) -> FaceDetector:
-    """A FaceDetector from the nets trained so far (later positions get untrained nets that are never run)."""
-    filled = [nets[name] if name in nets else build_net(name) for name in STAGES]
-    settings = DetectorSettings.from_config(config.detector)
-    if thresholds is not None:
-        settings.thresholds = thresholds
-    return FaceDetector(*filled, settings=settings, device=device)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """A report file, written atomically."""
-    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
-
-
-def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Run the cascade once and keep each stage's output per image: ``[{stage: (boxes, scores)}]``."""
-    stages = STAGES[:STAGES.index(until) + 1]
-    per_image: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in images]
-    with torch.inference_mode():
-        prep = detector.prepare(images)
-        cands = None
-        for stage in stages:
-            if stage == "pnet":
-                cands = detector.pnet_stage(prep)
-            elif stage == "rnet":
-                cands = detector.rnet_stage(prep, cands)
-            else:
-                cands = detector.onet_stage(prep, cands)
-            for i, det in enumerate(detector.split(prep, cands, stage)):
-                per_image[i][stage] = (det.boxes.cpu().numpy(), det.scores.cpu().numpy())
-    return per_image
-
-
-def _image_batches(paths: list[str], batch: int, workers: int, log: BadInputLog):
-    """Yield lists of (index, image) in order, decoded in ``workers`` processes; bad files go to ``log``."""
-    for items in decoded_batches(paths, batch, workers):
-        good = []
-        for index, image, error in items:
-            if image is None:
-                log.report(DataError(paths[index], error))
-            else:
-                good.append((index, image))
-        yield good
-
-
-def landmark_error(net: nn.Module, items: list[LandmarkItem], device: torch.device, log: BadInputLog,
-                   batch: int = 256) -> dict[str, float]:
-    """Landmark error of one net on faces cropped square around their boxes: mean NME (inter-ocular) and failures > 0.1."""
-    size = NET_INPUT_SIZE[type(net).__name__.lower()]
-    net = net.to(device).train()  # train mode: plain heads; no layer here behaves differently in eval
-    errors = []
-    for start in range(0, len(items), batch):
-        crops, frames, truth = [], [], []
-        for item in items[start:start + batch]:
-            try:
-                image = read_image(item.image_path)
-            except DataError as error:
-                log.report(error)
-                continue
-            region = square_boxes(torch.as_tensor(item.box, dtype=torch.float64)[None]).round().long().numpy()
-            crops.append(crop_resize(integral_image(image), region, size)[0])
-            frames.append(region[0])
-            truth.append(item.landmarks)
-        if not crops:
-            continue
-        with torch.no_grad():
-            out = net(to_net_input(torch.from_numpy(np.stack(crops)), device))
-        frame, inclusive = target_frame(np.stack(frames), size)
-        points = decode_landmarks(frame, out.landmarks.reshape(len(crops), 10).double().cpu(), inclusive=inclusive)
-        errors.append(landmark_nme(points.numpy(), np.stack(truth)))
-    nme = np.concatenate(errors) if errors else np.zeros(0)
-    return {"landmark_nme": float(nme.mean()) if len(nme) else float("nan"),
-            "landmark_failure_rate": float((nme > 0.1).mean()) if len(nme) else float("nan"),
-            "landmark_faces": int(len(nme))}
-
-
-def evaluation_detector(nets: dict[str, nn.Module], config: Config, until: str, device: torch.device) -> FaceDetector:
-    """The cascade up to ``until`` for evaluation: the detector's thresholds, except that a final O-Net keeps
-    faces down to ``mtcnn.eval_score_floor`` so that AP ranks the whole list."""
-    thresholds = tuple(config.detector.thresholds)
-    if until == "onet":
-        thresholds = (thresholds[0], thresholds[1], min(thresholds[2], config.mtcnn.eval_score_floor))
-    return make_detector(nets, config, device, thresholds)  # type: ignore[arg-type]
-
-
-def evaluate(nets: dict[str, nn.Module], data: MTCNNData, until: str, config: Config, out_dir: Path | None,
-             log: BadInputLog, device: torch.device, workers: int = 0) -> dict[str, Any]:
-    """Run the cascade up to ``until`` over the validation split; report, write eval.json and pr_curve.png.
-
-    Precision, recall and mean IoU are at the detector's threshold for that stage; AP ranks every face
-    the evaluation detector returns. Landmark error is measured when the last net has a landmark head.
-    """
-    m = config.mtcnn
-    stages = STAGES[:STAGES.index(until) + 1]
-    detector = evaluation_detector(nets, config, until, device)
-    operating = config.detector.thresholds[STAGES.index(until)]
-    evaluation = CascadeEvaluation(stages, m.eval_iou, config.detector.min_face_size, tuple(data.keep), operating)
-    start = time.perf_counter()
-    for batch in _image_batches([item.image_path for item in data.val], m.eval_batch_images, workers, log):
-        if not batch:
-            continue
-        results = detect_all_stages(detector, [image for _, image in batch], until)
-        for (index, _), found in zip(batch, results):
-            item = data.val[index]
-            evaluation.add(found, item.boxes, item.valid, {k: masks[index] for k, masks in data.keep.items()})
-    report = evaluation.report()
-    report["seconds"] = time.perf_counter() - start
-    if unwrap(nets[until]).has_landmarks and data.landmarks_test:
-        report.update(landmark_error(nets[until], data.landmarks_test, device, log))
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "eval.json", report)
-        save_pr_curves(out_dir / "pr_curve.png", evaluation.curves(), f"MTCNN up to {until} (IoU {m.eval_iou:g})")
-    return report
-
-
-def evaluate_fddb(nets: dict[str, nn.Module], config: Config, device: torch.device, folds_dir: str | Path, images_root: str | Path, log: BadInputLog,
-                  workers: int = 0, batch: int = 8) -> dict[str, float]:
-    """FDDB discrete protocol over every fold file: true-positive rate at 1,000 and 2,000 false positives."""
-    detector = evaluation_detector(nets, config, "onet", device)
-    iou_threshold = config.mtcnn.eval_iou
-    annotations = [a for fold in fddb_fold_files(folds_dir) for a in read_fddb_ellipses(fold, log=log)]
-    paths = [str(fddb_image_path(images_root, a.image_path)) for a in annotations]
-    matches = []
-    for chunk in _image_batches(paths, batch, workers, log):
-        if not chunk:
-            continue
-        found = detector.detect([image for _, image in chunk])
-        for (index, _), det in zip(chunk, found):
-            boxes, scores = det.boxes.cpu().numpy(), det.scores.cpu().numpy()
-            overlaps = ellipse_rect_iou(boxes, annotations[index].ellipses)
-            matches.append(match_detections(boxes, scores, annotations[index].boxes, None, iou_threshold, overlaps))
-    rates = fddb_tpr_at_fp(matches, (1000, 2000))
-    return {"fddb_images": len(matches), "fddb_faces": sum(m.faces for m in matches),
-            "fddb_tpr_at_1000_fp": rates[1000], "fddb_tpr_at_2000_fp": rates[2000]}
-
-
-# --- samples ----------------------------------------------------------------------------------------------
-
-
-def stage_config(config: Config, stage: str) -> MTCNNStageConfig:
-    """The per-stage section ``mtcnn.<stage>``."""
-    return getattr(config.mtcnn, stage)
-
-
-def _sample_settings(config: Config, stage: str, sources: dict[str, str], split: str, count: tuple[int, int]) -> dict[str, Any]:
-    """What a sample store depends on (a store made under other settings is regenerated)."""
-    m = asdict(config.mtcnn)
-    shared_keys = ("iou_negative", "iou_part", "iou_positive", "min_face_size", "mirror", "landmark_max_rotation",
-                   "shard_images", "mining_thresholds", "holdout_every", "train_fraction_of_images")
-    shared = {k: m[k] for k in shared_keys}
-    sample_keys = ("size", "negatives_per_image", "negatives_near_face", "crops_per_face", "landmark_crops_per_face",
-                   "mined_negatives_per_image")
-    return {"stage": stage, "split": split, "items": list(count), "shared": shared,
-            "stage_samples": {k: m[stage][k] for k in sample_keys}, "earlier_nets": sources,
-            "detector": asdict(config.detector), "wider": str(config.path("wider_face"))}
-
-
-def build_samples(stage: str, config: Config, data: MTCNNData, run_dir: Path, nets: dict[str, nn.Module],
-                  sources: dict[str, str], device: torch.device, log: BadInputLog, workers: int,
-                  logger: RunLogger) -> tuple[Path, Path]:
-    """Write (or reuse) the training and validation sample stores of ``stage``; return their folders."""
-    m, cfg = config.mtcnn, stage_config(config, stage)
-    stores = {}
-    detect = None
-    if stage != "pnet":
-        until = "pnet" if stage == "rnet" else "rnet"
-        thresholds = (m.mining_thresholds[0], m.mining_thresholds[1], config.detector.thresholds[2])
-        detect = mining_function(make_detector(nets, config, device, thresholds), until)
-    for split, items, marks in (("train", data.train, data.landmarks_train), ("val", data.val, data.landmarks_test)):
-        store = run_dir / "samples" / f"{stage}_{split}"
-        settings = _sample_settings(config, stage, sources, split, (len(items), len(marks)))
-        seed = config.runtime.seed * 1000 + STAGES.index(stage) * 10 + (split == "val")
-        summary = generate_samples(store, cfg.size, items, marks, m, cfg, seed=seed, workers=workers, log=log,
-                                   detect=detect, settings=settings, progress=logger.enabled)
-        for line in summary.lines():
-            logger.info(f"[{stage} {split} samples] {line}")
-        stores[split] = store
-    return stores["train"], stores["val"]
-
-
-# --- training -------------------------------------------------------------------------------------------
-
-
-def to_net_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """[B, S, S, 3] RGB pixels (uint8 or float 0..255) -> float [B, 3, S, S] as (x - 127.5) / 128 on ``device``."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return (x - PIXEL_MEAN) * PIXEL_SCALE
-
-
-def _forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: MTCNNLoss, device: torch.device,
-                  augment: MTCNNConfig | None = None):
-    images = batch["images"].to(device, non_blocking=True)
-    if augment is not None and (augment.jitter > 0 or augment.occlusion > 0 or augment.blur > 0):
-        images = augment_batch(images, batch["kinds"], augment.jitter, augment.occlusion, augment.blur)
-    out = model(to_net_input(images, device))
-    n = len(batch["kinds"])
-    landmarks = out.landmarks.reshape(n, 10) if out.landmarks is not None else None
-    return loss_fn(out.face.reshape(n, 2), out.box.reshape(n, 4), landmarks,
-                   batch["kinds"].to(device, non_blocking=True), batch["boxes"].to(device, non_blocking=True),
-                   batch["landmarks"].to(device, non_blocking=True))
-
-
-def _add_stats(totals: dict[str, torch.Tensor], parts: Any) -> None:
-    for key, value in parts.stats.items():
-        totals[key] = totals.get(key, 0.0) + value.detach()
-    for key in ("cls", "box", "landmark"):
-        totals[f"sum_{key}"] = totals.get(f"sum_{key}", 0.0) + getattr(parts, key)
-    totals["sum_total"] = totals.get("sum_total", 0.0) + parts.total.detach()
-    totals["batches"] = totals.get("batches", 0.0) + 1.0
-
-
-def _finish_stats(totals: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    values = {k: float(all_reduce_mean(torch.as_tensor(v, dtype=torch.float64).reshape(())).item())
-              for k, v in totals.items()}
-    n = max(values.pop("batches", 1.0), 1.0)
-    out = {"loss": values.pop("sum_total", 0.0) / n, "cls_loss": values.pop("sum_cls", 0.0) / n,
-           "box_loss": values.pop("sum_box", 0.0) / n, "landmark_loss": values.pop("sum_landmark", 0.0) / n}
-    out.update(summarize_stats(values))
-    return {prefix + k: v for k, v in out.items()}
-
-
-def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: MTCNNLoss, steps: StepRunner, device: torch.device,
-                    epoch: int, state: TrainingState, logger: RunLogger, stop: StopOnSignal,
-                    skip_nonfinite: bool = False, augment: MTCNNConfig | None = None) -> dict[str, float]:
-    """One epoch of balanced batches (augmented as ``augment`` says); returns mean loss parts and per-type
-    accuracy/errors (all ranks averaged)."""
-    model.train()
-    totals: dict[str, Any] = {}
-    start, seen = time.perf_counter(), 0
-    bar = logger.progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))
-    taken = skipped = 0  # taken: batches drawn from the loader, trained or skipped (what a resume inside this epoch skips)
-    for batch in bar:
-        taken += 1
-        with steps.autocast():
-            parts = _forward_loss(model, batch, loss_fn, device, augment)
-        if not check_finite(parts.total, f"epoch {epoch + 1}, step {state.step}", skip_nonfinite):
-            skipped += 1
-            continue
-        if steps.backward(parts.total, model.parameters()):
-            state.step += 1
-        _add_stats(totals, parts)
-        seen += len(batch["kinds"])
-        if stop.requested:
-            break
-    stats = _finish_stats(totals)
-    stats["batches_taken"] = taken
-    stats["nonfinite_skipped"] = skipped
-    stats["samples_per_s"] = seen / max(time.perf_counter() - start, 1e-9)
-    stats["lr"] = steps.optimizer.param_groups[0]["lr"]
-    return stats
-
-
-@torch.no_grad()
-def validation_loss(model: nn.Module, store: PackedSamples, loss_fn: MTCNNLoss, device: torch.device,
-                    batch_size: int) -> dict[str, float]:
-    """Loss and per-type figures over the whole validation sample store (no OHEM: every sample counts)."""
-    net = unwrap(model)
-    net.train()  # logits, not probabilities; these nets have no dropout or batch norm
-    totals: dict[str, Any] = {}
-    for first in range(0, len(store), batch_size):
-        batch = store.__getitems__(list(range(first, min(first + batch_size, len(store)))))
-        _add_stats(totals, _forward_loss(net, batch, loss_fn, device))
-    return _finish_stats(totals, "val_")
-
-
-def init_weights(model: nn.Module) -> nn.Module:
-    """Xavier-uniform weights and zero biases in every conv and dense layer (the original MTCNN recipe);
-    with these the classifier leaves its all-negative start within tens of steps instead of hundreds."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(module.weight)
-            nn.init.zeros_(module.bias)
-    return model
-
-
-def build_model(stage: str, cfg: MTCNNStageConfig, pretrained: str | None) -> nn.Module:
-    """A fresh net for ``stage`` (landmark head as configured), or the original weights to fine-tune."""
-    landmarks = True if stage == "onet" else cfg.landmark_head
-    if pretrained is not None:
-        model = load_net(pretrained, stage, landmarks=landmarks)
-        return model.train()
-    return init_weights(build_net(stage, landmarks=landmarks))
-
-
-def _loader(store: PackedSamples, sampler: ResumableBatches, workers: int, device: torch.device, seed: int) -> DataLoader:
-    return DataLoader(store, batch_sampler=sampler, num_workers=workers, collate_fn=keep_batch,
-                      pin_memory=device.type == "cuda", worker_init_fn=worker_seed,
-                      persistent_workers=workers > 0, generator=loader_generator(seed))
-
-
 def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args: argparse.Namespace,
                 dist: DistInfo, log: BadInputLog, nets: dict[str, nn.Module], sources: dict[str, str],
                 workers: int) -> dict[str, Any]:
@@ -511,63 +89,35 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
     done_path = stage_dir / "done.json"
     if args.resume and done_path.is_file():
         return json.loads(done_path.read_text(encoding="utf-8"))
+    session = open_run(stage_dir, stage, config, resume=args.resume, is_main=dist.is_main)
+    logger = session.logger
     if dist.is_main:
         done_path.unlink(missing_ok=True)
-    resume_path = stage_dir / "last.pt" if args.resume and (stage_dir / "last.pt").is_file() else None
-    logger = RunLogger(stage_dir, enabled=dist.is_main,
-                       resume_epoch=load_checkpoint(resume_path, kind=stage)["epoch"] if resume_path else None)
-    if dist.is_main:
-        save_config(config, stage_dir / "config.json")
-        train_store, val_store = build_samples(stage, config, data, run_dir, nets, sources, dist.device, log,
-                                               workers, logger)
+        build_samples(stage, config, data, run_dir, nets, sources, dist.device, log, workers, logger)
     barrier()
-    train_store, val_store = run_dir / "samples" / f"{stage}_train", run_dir / "samples" / f"{stage}_val"
-    train_set, val_set = PackedSamples(train_store), PackedSamples(val_store)
+    train_set = PackedSamples(run_dir / "samples" / f"{stage}_train")
+    val_set = PackedSamples(run_dir / "samples" / f"{stage}_val")
 
     # Each stage starts from its own seed: the same initial weights and augmentation stream whether its samples
     # were generated now (which draws random numbers) or reused, and whether earlier stages ran in this process.
     seed_everything(config.runtime.seed + 1000 * STAGES.index(stage) + dist.rank, config.runtime.deterministic)
     model = build_model(stage, cfg, args.from_pretrained).to(dist.device, memory_format=torch.channels_last)
-    if dist.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     sampler = BalancedBatchSampler(train_set.kinds, cfg.batch_size, m.batch_ratio, cfg.steps_per_epoch,
                                    seed=config.runtime.seed, rank=dist.rank, world_size=dist.world_size)
-    total_steps = math.ceil(cfg.epochs * len(sampler) / cfg.accumulate)
-    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps, min(cfg.warmup_steps, total_steps // 4))
-    steps = StepRunner(optimizer, scheduler, dist.device, config.runtime.amp, cfg.accumulate, cfg.clip_grad_norm)
-    checkpointer = Checkpointer(stage_dir, stage, config_to_dict(config), enabled=dist.is_main)
-    state = checkpointer.resume(resume_path, model, optimizer, steps) if resume_path else TrainingState()
-    train_loss = MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, m.ohem_ratio)
-    val_loss = MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, 1.0)
-    batches = ResumableBatches(sampler)
-    loader = _loader(train_set, batches, min(workers, 1), dist.device, config.runtime.seed + dist.rank)
+    loader_workers = min(workers, 1)
+    batches = EpochLoader(train_set, sampler, config.runtime.seed + dist.rank, num_workers=loader_workers,
+                          collate_fn=keep_batch, pin_memory=dist.device.type == "cuda", worker_init_fn=worker_seed,
+                          persistent_workers=loader_workers > 0)
+    trainer = Trainer(model, OptimSettings.of(cfg), batches, dist_info=dist, run=session, amp=config.runtime.amp,
+                      skip_nonfinite=args.skip_nonfinite)
+    task = StageTask(trainer, stage, config, MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, m.ohem_ratio),
+                     MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, 1.0), val_set)
     logger.info(f"[{stage}] {len(train_set):,} training samples {train_set.counts()}, {len(val_set):,} validation; "
                 f"{len(sampler)} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size} "
                 f"(neg:pos:part:landmark {':'.join(str(int(q)) for q in sampler.quota)})")
-    extra = {"net": stage, "landmark_head": bool(unwrap(model).has_landmarks)}
-    if state.epoch == 0 and state.step == 0:  # the untrained baseline: the reference for the overfitting watch
-        logger.log("val", epoch=0, **validation_loss(model, val_set, val_loss, dist.device, max(cfg.batch_size, 512)))
-    with StopOnSignal() as stop:
-        for epoch in range(state.epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
-            batches.skip = state.batches_done  # > 0: the checkpoint was written inside this epoch
-            started = time.perf_counter()
-            stats = train_one_epoch(model, loader, train_loss, steps, dist.device, epoch, state, logger, stop,
-                                    args.skip_nonfinite, augment=m)
-            if stop.requested:
-                checkpointer.save_and_stop(model, optimizer, steps, state, batches.skip + stats["batches_taken"], extra)
-            val = validation_loss(model, val_set, val_loss, dist.device, max(cfg.batch_size, 512))
-            state.epoch, state.batches_done = epoch + 1, 0
-            # Rows first: a run killed between the two writes resumes from the previous checkpoint, and the
-            # logger drops rows past it; the other order would lose this epoch's rows.
-            logger.log("train", epoch=epoch + 1, step=state.step, seconds=round(time.perf_counter() - started, 2), **stats)
-            logger.log("val", epoch=epoch + 1, **val)
-            checkpointer.save(model, optimizer, steps, state, metric=-val["val_loss"], extra=extra)
-            logger.info(f"[{stage}] epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} (cls {stats['cls_loss']:.4f}, "
-                        f"box {stats['box_loss']:.4f}, landmark {stats['landmark_loss']:.4f}), acc pos "
-                        f"{stats['acc_pos']:.3f} neg {stats['acc_neg']:.3f}; val loss {val['val_loss']:.4f}, val acc "
-                        f"{val['val_acc']:.3f}; {stats['samples_per_s']:,.0f} samples/s")
+    if session.checkpoint is None:  # the untrained baseline: the reference for the overfitting watch
+        logger.log("val", epoch=0, **task.validation())
+    state = trainer.fit(task)
     report: dict[str, Any] = {"stage": stage, "epochs": state.epoch, "steps": state.step,
                               "best_val_loss": -state.best_metric, "samples": train_set.counts()}
     if dist.is_main:
@@ -577,17 +127,17 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
                        "val loss": [float(r["val_loss"]) for r in rows],
                        "val accuracy": [float(r["val_acc"]) for r in rows]}
             plot_loss_curves(stage_dir / "loss_curves.png", history, title=f"{stage} training")
-        nets[stage] = load_net(checkpointer.best_path, stage).to(dist.device)
-        sources[stage] = file_fingerprint(checkpointer.best_path)
+        best = trainer.checkpointer.best_path
+        nets[stage] = load_net(best, stage).to(dist.device)
+        sources[stage] = file_fingerprint(best)
         if not args.no_eval:
-            evaluation = evaluate(nets, data, stage, config, stage_dir, log, dist.device, workers)
-            report["eval"] = evaluation
+            report["eval"] = evaluation = evaluate(nets, data, stage, config, stage_dir, log, dist.device, workers)
             for line in format_report(evaluation):
                 logger.info(f"[{stage} eval] {line}")
             if "landmark_nme" in evaluation:
                 logger.info(f"[{stage} eval] landmark NME {evaluation['landmark_nme']:.4f} (inter-ocular), "
                             f"failures > 0.1: {evaluation['landmark_failure_rate']:.3f}")
-        _write_json(done_path, report)
+        atomic_write_json(done_path, report)
     logger.close()
     barrier()
     return report
@@ -620,7 +170,7 @@ def test_only(args: argparse.Namespace, config: Config, data: MTCNNData, run_dir
         if not args.fddb_images:
             raise ConfigError("--fddb-folds needs --fddb-images (the originalPics folder)")
         report.update(evaluate_fddb(nets, config, device, args.fddb_folds, args.fddb_images, log, workers))
-        _write_json(out_dir / "eval.json", report)
+        atomic_write_json(out_dir / "eval.json", report)
     print(f"{name} cascade up to {until} on {len(data.val)} validation images:")
     for line in format_report(report):
         print(line)
@@ -665,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
                 sources[stage] = file_fingerprint(run_dir / stage / "best.pt")
         if dist.is_main:
             summary = {"stages": reports, "seconds": time.perf_counter() - started, "bad_inputs": len(log)}
-            _write_json(run_dir / "report.json", summary)
+            atomic_write_json(run_dir / "report.json", summary)
             if len(log):
                 print(log.summary())
             final = reports[stages[-1]].get("eval")

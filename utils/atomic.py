@@ -5,10 +5,12 @@ A crash at any point leaves either the old file or the new one, never a half-wri
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it; put it back at once
@@ -41,3 +43,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (numbers it cannot encode as floats) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
