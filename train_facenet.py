@@ -33,7 +33,7 @@ from training.engine import EpochLoader, OptimSettings, Trainer, unwrap
 from training.facenet.crops import load_pairs_set, load_training_crops, training_side
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
-from training.facenet.task import KIND, TripletTask, calibrate_batchnorm, finish
+from training.facenet.task import FIXED_ON_RESUME, KIND, TripletTask, calibrate_batchnorm, finish
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import evaluate, save_roc
 from training.run import open_run
@@ -122,7 +122,7 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     """The training run: data, model, the engine's epochs with validation and checkpoints, final report."""
     cfg = config.facenet
     started = time.perf_counter()
-    session = open_run(run_dir, KIND, config, resume=args.resume, is_main=dist.is_main)
+    session = open_run(run_dir, KIND, config, resume=args.resume, fixed=FIXED_ON_RESUME, is_main=dist.is_main)
     crops, classes = load_training_crops(config, config.facenet_path("train_images"), workers, log, dist.is_main)
     sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=config.runtime.seed,
                              small_identities=cfg.small_identities, batches_per_epoch=cfg.batches_per_epoch or None,

@@ -34,7 +34,7 @@ from training.mtcnn.data import MTCNNData, load_data
 from training.mtcnn.evaluation import format_report
 from training.mtcnn.loss import MTCNNLoss
 from training.mtcnn.packed import BalancedBatchSampler, PackedSamples
-from training.mtcnn.stage import StageTask, build_model, build_samples, stage_config
+from training.mtcnn.stage import StageTask, build_model, build_samples, check_stage_resume, fixed_on_resume, stage_config
 from training.run import open_run
 from utils.atomic import atomic_write_json
 from utils.cli import add_config_args, config_from_args, run
@@ -89,7 +89,7 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
     done_path = stage_dir / "done.json"
     if args.resume and done_path.is_file():
         return json.loads(done_path.read_text(encoding="utf-8"))
-    session = open_run(stage_dir, stage, config, resume=args.resume, is_main=dist.is_main)
+    session = open_run(stage_dir, stage, config, resume=args.resume, fixed=fixed_on_resume(stage), is_main=dist.is_main)
     logger = session.logger
     if dist.is_main:
         done_path.unlink(missing_ok=True)
@@ -202,9 +202,12 @@ def main(args: argparse.Namespace) -> int:
             if dist.is_main:
                 test_only(args, config, data, run_dir, dist.device, log, workers)
             return 0
+        stages = STAGES if args.stage == "all" else (args.stage,)
+        if args.resume:  # every stage checked before anything is written
+            for stage in stages:
+                check_stage_resume(stage, run_dir / stage, config)
         if dist.is_main:
             save_config(config, run_dir / "config.json")
-        stages = STAGES if args.stage == "all" else (args.stage,)
         nets, sources = _earlier_nets(stages[0], run_dir, dist.device)
         started = time.perf_counter()
         reports = {}

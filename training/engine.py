@@ -14,7 +14,9 @@ Resume is exact: the checkpoint holds model, modules, optimizer, scheduler, grad
 state and the gradients accumulated since the last optimizer step; samplers draw their order from (seed,
 epoch), and a checkpoint written on a signal inside an epoch records how many of its batches were
 trained, which :class:`EpochLoader` skips on resume. Its data loader owns its generator, so creating an
-iterator does not draw from the global RNG that augmentation uses.
+iterator does not draw from the global RNG that augmentation uses. Settings that may change on resume
+(``training.run``) take effect from the resumed step: the optimizer's learning rate, weight decay and
+momentum come from the current settings, not from the checkpoint.
 """
 from __future__ import annotations
 
@@ -101,6 +103,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def apply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                   settings: OptimSettings) -> None:
+    """Put the current learning rate, weight decay and momentum into an optimizer and schedule just loaded from a
+    checkpoint (which carry the values they were saved with): the schedule continues at its step from the new
+    base rate. With unchanged settings every value is the one already there."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = settings.lr
+        group["weight_decay"] = settings.weight_decay
+        if "momentum" in group:
+            group["momentum"] = settings.momentum
+    scheduler.base_lrs = [settings.lr] * len(optimizer.param_groups)
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 # --- plumbing of one step ---------------------------------------------------------------------------------------
 
 
@@ -177,8 +195,9 @@ class StepRunner:
         return {"scaler": self.scaler.state_dict(), "micro": self._micro}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.scaler.load_state_dict(state["scaler"])
+        """Restore :meth:`state_dict`; a scaler saved without AMP (on the CPU) leaves a fresh one when AMP is on now."""
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self._micro = state["micro"]
 
 
@@ -492,7 +511,7 @@ class Trainer:
         return self.checkpointer.write(self._payload(extra), self.state, metric)
 
     def _restore(self, checkpoint: dict[str, Any], path: Path) -> None:
-        """Everything :meth:`save` wrote."""
+        """Everything :meth:`save` wrote; the optimizer then takes the current settings (see :func:`apply_settings`)."""
         load_model_state(unwrap(self.model), checkpoint["model"], path)
         saved_modules = checkpoint.get("modules", {})
         for name, module in self.modules.items():
@@ -503,6 +522,7 @@ class Trainer:
             restore_gradients(module, checkpoint.get("module_grads", {}).get(name, {}))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        apply_settings(self.optimizer, self.scheduler, self.settings)
         self.steps.load_state_dict(checkpoint["steps"])
         restore_gradients(self.model, checkpoint.get("pending_grads", {}))
         set_rng_state(checkpoint["rng"])

@@ -1,6 +1,6 @@
 """Embedder training as a task of the training engine: P x K batches augmented on the device, the triplet
 loss with online mining, validation by the LFW protocol on a pairs set, batch-norm calibration before the
-first step, and the final report."""
+first step, which settings cannot change when a run is resumed, and the final report."""
 from __future__ import annotations
 
 import itertools
@@ -25,6 +25,14 @@ from utils.metrics import VerificationResult
 from utils.plots import plot_loss_curves
 
 KIND = "facenet"
+
+# What a resumed run cannot change: the network's shape and input (its weights would not fit or would mean
+# something else), the face framing its crops were cut with, the optimizer kind (its saved moments), the loss
+# kind, the accumulation its pending gradients were scaled for, and the weights it started from.
+FIXED_ON_RESUME = tuple(f"facenet.{key}" for key in (
+    "backbone", "embedding_size", "input_size", "width", "standardization", "pretrained", "optimizer", "mining",
+    "squared", "accumulate")) + tuple(f"align.{key}" for key in ("train_size", "eval_size", "margin", "method"))
+
 
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, cfg: FaceNetConfig,

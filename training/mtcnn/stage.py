@@ -1,8 +1,9 @@
 """One MTCNN stage as a task of the training engine: its sample stores, its net, the per-batch step (the
 multi-task loss with OHEM on augmented balanced batches), the validation loss over the whole validation
-store."""
+store, and which settings cannot change when a stage is resumed."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,33 @@ from training.mtcnn.loss import LossParts, MTCNNLoss, summarize_stats
 from training.mtcnn.mining import mining_function
 from training.mtcnn.packed import PackedSamples
 from training.mtcnn.samples import augment_batch, generate_samples
-from utils.errors import BadInputLog
+from training.run import check_resume, config_changes, describe_changes
+from utils.checkpoint import load_checkpoint
+from utils.config_io import config_to_dict
+from utils.errors import BadInputLog, ConfigError
 from utils.logger import RunLogger
+
+
+def fixed_on_resume(stage: str) -> tuple[str, ...]:
+    """Settings of ``stage`` a resumed run cannot change: the net's shape, the optimizer kind (its saved
+    moments), the accumulation its pending gradients were scaled for."""
+    return tuple(f"mtcnn.{stage}.{key}" for key in ("size", "landmark_head", "optimizer", "accumulate"))
+
+
+def check_stage_resume(stage: str, stage_dir: Path, config: Config) -> None:
+    """Before a ``--resume`` writes anything: refuse changed settings the stage's saved state cannot take, and
+    changes to a finished stage's own section (it will not train again, so they could not apply)."""
+    current = config_to_dict(config)
+    if (stage_dir / "done.json").is_file() and (stage_dir / "config.json").is_file():
+        saved = json.loads((stage_dir / "config.json").read_text(encoding="utf-8"))
+        changed = {k: v for k, v in config_changes(saved, current).items() if k.startswith(f"mtcnn.{stage}.")}
+        if changed:
+            raise ConfigError(f"--resume: stage {stage} is finished ({stage_dir / 'done.json'}) and will not train "
+                              f"again, so these changes cannot apply: {describe_changes(changed)} (restore them, or "
+                              f"retrain it with --stage {stage} without --resume)")
+    elif (stage_dir / "last.pt").is_file():
+        check_resume(load_checkpoint(stage_dir / "last.pt", kind=stage), current, fixed_on_resume(stage),
+                     stage_dir / "last.pt")
 
 
 def stage_config(config: Config, stage: str) -> MTCNNStageConfig:
