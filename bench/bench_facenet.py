@@ -7,7 +7,7 @@ Run from the repo root (``--config``/``--set`` as for every script: the data pat
     .venv/bin/python -m bench.bench_facenet embed --backbone both
     .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
-``throughput``: images/s of ``training.facenet.epoch.train_one_epoch`` (data loader, on-device augmentation, triplet
+``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device augmentation, triplet
 mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of the
 same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
 from other processes distorts the ratio least), per wall-clock second and per CPU second of this process
@@ -30,25 +30,24 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from config import Backbone, Config, load_config
 from datasets.decoding import keep_batch
 from datasets.identity import IdentityFolder
 from datasets.synthetic.eval import eigenfaces_verification
 from models.system import load_embedder
+from training.engine import EpochLoader, OptimSettings, StepRunner, Trainer
 from training.facenet.crops import FaceCrops, load_pairs_set, load_training_crops, training_side
-from training.facenet.epoch import train_one_epoch
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
+from training.facenet.task import TripletTask
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import evaluate
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, config_from_args, run
 from utils.device import select_device
+from utils.distributed import DistInfo
 from utils.errors import BadInputLog
-from utils.logger import RunLogger
-from utils.training import StepRunner, StopOnSignal, TrainingState, build_optimizer
 
 BACKBONES = get_args(Backbone)
 INCEPTION = {"input_size": 160, "embedding_size": 512, "width": 1.0}  # the FaceNet shape
@@ -148,25 +147,21 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
     log = BadInputLog()
     crops, source = _training_data(config, log)
     model = build_model(cfg).to(device)
-    steps = StepRunner(build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum),
-                       None, device, config.runtime.amp, 1, cfg.clip_grad_norm)
-    loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
     sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=0,
                              batches_per_epoch=count, num_replicas=1, rank=0)
-    loader = DataLoader(crops, batch_sampler=sampler, collate_fn=keep_batch, pin_memory=device.type == "cuda")
-    logger = RunLogger(Path("."), enabled=False)
+    batches = EpochLoader(crops, sampler, 0, collate_fn=keep_batch, pin_memory=device.type == "cuda")
+    settings = replace(OptimSettings.of(cfg), accumulate=1, schedule="constant", warmup_steps=0)
+    trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device), amp=config.runtime.amp)
+    task = TripletTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), None, log, Path("."))
     batch = cfg.identities_per_batch * cfg.images_per_identity
     loop_rates, bare_rates = [], []
-    with StopOnSignal() as stop:
-        _bare_rates(model, steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
-        for repeat in range(args.repeats):
-            sampler.set_epoch(repeat)
-            with _Clock(device) as clock:
-                stats = train_one_epoch(model, loader, loss_fn, steps, device, repeat, TrainingState(), logger, stop,
-                                        cfg, log)
-            images = stats["batches"] * batch
-            loop_rates.append((images / clock.wall, images / clock.cpu))
-            bare_rates.append(_bare_rates(model, steps, batch, cfg.input_size, device, count))
+    _bare_rates(model, trainer.steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
+    for repeat in range(args.repeats):
+        with _Clock(device) as clock:
+            stats = trainer.train_epoch(task.step_for(repeat), repeat, task)
+        images = stats["batches"] * batch
+        loop_rates.append((images / clock.wall, images / clock.cpu))
+        bare_rates.append(_bare_rates(model, trainer.steps, batch, cfg.input_size, device, count))
     loop, bare = np.max(loop_rates, axis=0), np.max(bare_rates, axis=0)
     return {"backbone": backbone, "input": cfg.input_size, "batch": batch, "steps": count, "data": source,
             "loop_images_per_s": loop[0], "bare_images_per_s": bare[0], "ratio": loop[0] / bare[0],

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import training.facenet.epoch
-import utils.training
+import training.engine
 from datasets.synthetic import generate_synthetic_set
 from models.detector import FaceDetector
 from models.mtcnn import NET_NAMES, ONet, PNet, RNet
@@ -67,7 +66,7 @@ def test_mtcnn_stages_train_stop_resume_and_mine_on(device: str, mtcnn_data: Pat
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     on_device = ("--set", f"runtime.device={device}", "--set", "runtime.amp=true")
-    sigint_after(utils.training, "check_finite", 100 + 7, monkeypatch)  # P-Net: 100 steps per epoch, stop in epoch 2
+    sigint_after(training.engine, "check_finite", 100 + 7, monkeypatch)  # P-Net: 100 steps per epoch, stop in epoch 2
     assert run_script("train_mtcnn.py", mtcnn_argv(mtcnn_data, out, "pnet", *on_device)) == 130
     monkeypatch.undo()
     assert checkpoint(out / "pnet" / "last.pt")["batches_done"] == 7
@@ -85,7 +84,7 @@ def test_facenet_trains_stops_and_resumes_on(device: str, tmp_path: Path, monkey
     aligned = make_facenet_root(tmp_path / "aligned")
     out = tmp_path / "run"
     on_device = ("--set", f"runtime.device={device}", "--set", "runtime.amp=true")
-    sigint_after(training.facenet.epoch, "check_finite", 10 + 4, monkeypatch)  # 10 batches per epoch: stop inside epoch 2
+    sigint_after(training.engine, "check_finite", 10 + 4, monkeypatch)  # 10 batches per epoch: stop inside epoch 2
     assert run_script("train_facenet.py", facenet_argv(aligned, out, *on_device)) == 130
     monkeypatch.undo()
     assert run_script("train_facenet.py", facenet_argv(aligned, out, "--resume", *on_device)) == 0

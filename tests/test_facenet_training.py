@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import training.facenet.epoch as epoch_module
+import training.facenet.task as task_module
 from datasets.align_dataset import framing_margins
 from datasets.landmarks import landmark_image_path, read_landmark_list
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
@@ -122,11 +122,11 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
         assert _train(aligned, tmp_path / "straight", *common) == 0
 
     seen = {"epoch": -1, "batches": 0}
-    augment, one_epoch = epoch_module.augment, epoch_module.train_one_epoch
+    augment, step_for = task_module.augment, task_module.TripletTask.step_for
 
-    def epoch_of(model, loader, loss_fn, steps, device, epoch, *args, **kwargs):
+    def epoch_of(task, epoch):
         seen.update(epoch=epoch, batches=0)
-        return one_epoch(model, loader, loss_fn, steps, device, epoch, *args, **kwargs)
+        return step_for(task, epoch)
 
     def ctrl_c_in_epoch_two(*args, **kwargs):  # SIGINT during the first batch of the second epoch (mid-accumulation)
         if seen["epoch"] == 1:
@@ -135,11 +135,11 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
                 os.kill(os.getpid(), signal.SIGINT)
         return augment(*args, **kwargs)
 
-    monkeypatch.setattr(epoch_module, "train_one_epoch", epoch_of)
-    monkeypatch.setattr(epoch_module, "augment", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(task_module.TripletTask, "step_for", epoch_of)
+    monkeypatch.setattr(task_module, "augment", ctrl_c_in_epoch_two)
     with pytest.warns(UserWarning):
         assert _train(aligned, tmp_path / "broken", *common) == 130
-    monkeypatch.setattr(epoch_module, "augment", augment)
+    monkeypatch.setattr(task_module, "augment", augment)
     saved = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["batches_done"] == 1 and saved["pending_grads"], "stopped between two steps"
     with pytest.warns(UserWarning):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.facenet.epoch as epoch_module
+import training.facenet.task as task_module
 import training.facenet.triplet as triplet_module
 import training.mtcnn.loss as loss_module
 from datasets.synthetic import generate_synthetic_set
@@ -112,12 +112,12 @@ def test_facenet_infinite_loss_stops_with_one_line_and_keeps_the_last_checkpoint
 def test_facenet_skip_flag_skips_a_nan_batch_without_poisoning_batchnorm(
         aligned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A NaN batch of images: its forward pass moves the batch-norm running statistics to NaN, which a skip must undo.
-    epoch_of, augment = epoch_module.train_one_epoch, epoch_module.augment
+    step_for, augment = task_module.TripletTask.step_for, task_module.augment
     where = {"epoch": -1, "batch": 0}
 
-    def track_epoch(model, loader, loss_fn, steps, device, epoch, *args, **kwargs):
+    def track_epoch(task, epoch):
         where.update(epoch=epoch, batch=0)
-        return epoch_of(model, loader, loss_fn, steps, device, epoch, *args, **kwargs)
+        return step_for(task, epoch)
 
     def nan_second_batch_of_epoch_two(*args, **kwargs):
         out = augment(*args, **kwargs)
@@ -127,8 +127,8 @@ def test_facenet_skip_flag_skips_a_nan_batch_without_poisoning_batchnorm(
                 out = torch.full_like(out, math.nan)
         return out
 
-    monkeypatch.setattr(epoch_module, "train_one_epoch", track_epoch)
-    monkeypatch.setattr(epoch_module, "augment", nan_second_batch_of_epoch_two)
+    monkeypatch.setattr(task_module.TripletTask, "step_for", track_epoch)
+    monkeypatch.setattr(task_module, "augment", nan_second_batch_of_epoch_two)
     with pytest.warns(RuntimeWarning, match=r"skipped a batch with a non-finite loss \(nan\) at epoch 2"):
         assert _facenet(aligned, tmp_path, "--skip-nonfinite") == 0
     rows = _rows(tmp_path / "metrics_train.csv")
@@ -204,7 +204,7 @@ def _check_finite_process(rank: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from utils.training import check_finite
+    from training.engine import check_finite
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:

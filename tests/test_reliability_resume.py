@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-import utils.training
+import training.engine
 from datasets.lfw import Pair, write_pairs
 from datasets.synthetic import SyntheticSpec, generate_synthetic_set
 from models.mtcnn import NET_NAMES
@@ -311,7 +311,7 @@ def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, 
         err, printed = interrupted.text("err"), interrupted.text("out")
         assert err.rstrip().endswith("interrupted")
     else:  # the same handler, the signal sent by this process to itself in the 5th batch of epoch 3
-        sigint_after(utils.training, "check_finite", steps + 5, monkeypatch)
+        sigint_after(training.engine, "check_finite", steps + 5, monkeypatch)
         capsys.readouterr()
         code = run_script("train_mtcnn.py", mtcnn_argv(data_root, out, stage, "--resume"))
         monkeypatch.undo()
@@ -337,14 +337,9 @@ def test_mtcnn_stage_sigkill_then_sigint_resume_to_the_same_weights(stage: str, 
 def test_a_kill_between_checkpoint_writes_never_leaves_last_without_best(tmp_path, monkeypatch):
     """The epoch's two files are written best.pt first: killed after the first write, the run has the previous
     last.pt (it resumes from there) and a best.pt; never a last.pt whose best.pt is missing."""
-    from torch import nn
-
-    import utils.training as training
-    model = nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    steps = training.StepRunner(optimizer, None, torch.device("cpu"), amp=False)
-    checkpointer = training.Checkpointer(tmp_path, "toy", {})
-    real_save, writes = training.save_checkpoint, []
+    import training.engine as engine
+    checkpointer = engine.Checkpointer(tmp_path)
+    real_save, writes = engine.save_checkpoint, []
 
     def killed_after_first_write(path, payload):
         if writes:
@@ -352,7 +347,7 @@ def test_a_kill_between_checkpoint_writes_never_leaves_last_without_best(tmp_pat
         writes.append(Path(path).name)
         real_save(path, payload)
 
-    monkeypatch.setattr(training, "save_checkpoint", killed_after_first_write)
+    monkeypatch.setattr(engine, "save_checkpoint", killed_after_first_write)
     with pytest.raises(KeyboardInterrupt):
-        checkpointer.save(model, optimizer, steps, training.TrainingState(epoch=1), metric=0.5)
+        checkpointer.write({"model": {}}, engine.TrainingState(epoch=1), metric=0.5)
     assert writes == ["best.pt"] and not (tmp_path / "last.pt").exists()

@@ -11,13 +11,13 @@ from torch import Tensor, nn
 
 from config import FaceNetConfig
 from models.embedder import Embedder
+from training.engine import unwrap
 from training.facenet.crops import FaceCrops, PairsSet
 from training.facenet.samplers import PKBatchSampler
 from training.facenet.triplet import TripletLoss
 from utils.errors import ConfigError
 from utils.metrics import VerificationResult, pair_scores, verification_metrics
 from utils.plots import plot_roc
-from utils.training import unwrap
 
 STAT_NAMES = ("active_fraction", "triplet_accuracy", "mean_pos_dist", "mean_neg_dist")
 

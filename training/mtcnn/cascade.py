@@ -17,6 +17,7 @@ from datasets.decoding import decoded_batches
 from datasets.fddb import fddb_fold_files, fddb_image_path, read_fddb_ellipses
 from models.detector import DetectorSettings, FaceDetector
 from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, PIXEL_MEAN, PIXEL_MULTIPLIER, build_net
+from training.engine import unwrap
 from training.mtcnn.data import MTCNNData
 from training.mtcnn.evaluation import (
     CascadeEvaluation,
@@ -32,7 +33,6 @@ from utils.atomic import atomic_write_json
 from utils.boxes import decode_landmarks, square_boxes
 from utils.errors import BadInputLog, DataError
 from utils.images import read_image
-from utils.training import unwrap
 
 
 def make_detector(nets: dict[str, nn.Module], config: Config, device: torch.device,
