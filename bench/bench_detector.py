@@ -26,13 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
 from models.detector import DetectorSettings, FaceDetector, StageTimer
 from models.weights import original_weight_paths, read_state_dict
 from utils.atomic import atomic_write_text
 from utils.boxes import detection_agreement
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 STAGE_ROWS = ("pnet", "rnet", "onet", "resize/crop", "nms", "other")
 
@@ -89,13 +88,13 @@ class Reference:
         """Boxes, scores, landmarks per image (a batch must share one size, facenet-pytorch's rule)."""
         boxes, probs, points = self.mtcnn.detect(images, landmarks=True)
         out = []
-        for b, p, l in zip(boxes, probs, points):
+        for b, p, lm in zip(boxes, probs, points):
             if b is None:
                 out.append((torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2)))
             else:
                 out.append((torch.as_tensor(np.asarray(b, dtype=np.float32)),
                             torch.as_tensor(np.asarray(p, dtype=np.float32)),
-                            torch.as_tensor(np.asarray(l, dtype=np.float32))))
+                            torch.as_tensor(np.asarray(lm, dtype=np.float32))))
         return out
 
 

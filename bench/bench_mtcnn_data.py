@@ -34,8 +34,6 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
 from config import Config, MTCNNConfig
 from datasets.wider import read_wider_annotations, wider_split_paths
 from models.detector import DetectorSettings, FaceDetector
@@ -45,6 +43,7 @@ from training.mtcnn.packed import NEGATIVE, PART, POSITIVE
 from training.mtcnn.samples import DetectionItem, IouRule, detection_samples, select_faces
 from utils.images import read_image
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wider_face_train_subset"
 DEFAULT_WEIGHTS = REPO.parent / "shared" / "pretrained" / "mtcnn_facenet_pytorch"
 

@@ -22,8 +22,8 @@ from typing import Any
 from utils.archive import extract_archive, read_marker
 from utils.atomic import atomic_write_text
 from utils.download import download, part_path
-from utils.hashing import hash_file
 from utils.errors import DataError
+from utils.hashing import hash_file
 
 DOWNLOADS_FOLDER = "downloads"  # under the data root: downloaded archives and manifest.json
 MANIFEST_NAME = "manifest.json"

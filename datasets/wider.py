@@ -12,8 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from datasets.textfile import (format_xywh, parse_int, read_counted_records, read_text_lines, report,
-                               write_counted_records)
+from datasets.textfile import (
+    format_xywh,
+    parse_int,
+    read_counted_records,
+    read_text_lines,
+    report,
+    write_counted_records,
+)
 from utils.atomic import atomic_write_text
 from utils.errors import BadInputLog, DataError
 

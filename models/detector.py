@@ -89,7 +89,7 @@ class DetectorSettings:
             raise ConfigError("detector settings: " + "; ".join(problems))
 
     @classmethod
-    def from_config(cls, config: Any) -> "DetectorSettings":
+    def from_config(cls, config: Any) -> DetectorSettings:
         """Build from any object (e.g. ``config.DetectorConfig``) that has some of these fields."""
         names = {f.name for f in fields(cls)}
         return cls(**{name: getattr(config, name) for name in names if hasattr(config, name)})
@@ -111,7 +111,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def to(self, device: str | torch.device) -> "Detections":
+    def to(self, device: str | torch.device) -> Detections:
         """The same detections on another device."""
         lm = None if self.landmarks is None else self.landmarks.to(device)
         return Detections(self.boxes.to(device), self.scores.to(device), lm, self.stage)
@@ -179,7 +179,7 @@ class Candidates:
     landmarks: Tensor | None = None
     offsets: Tensor | None = None
 
-    def select(self, keep: Tensor) -> "Candidates":
+    def select(self, keep: Tensor) -> Candidates:
         """The rows ``keep`` (indices or mask)."""
         return Candidates(self.boxes[keep], self.scores[keep], self.image_index[keep],
                           None if self.landmarks is None else self.landmarks[keep],
@@ -351,7 +351,7 @@ class FaceDetector:
     @classmethod
     def from_checkpoints(cls, pnet: str | Path, rnet: str | Path, onet: str | Path,
                          settings: DetectorSettings | None = None, device: str | torch.device = "cpu",
-                         backend: str = "torch") -> "FaceDetector":
+                         backend: str = "torch") -> FaceDetector:
         """Load the three nets from files or folders: original state_dicts or toolkit checkpoints (``backend``
         "torch"), or the ``.onnx`` files ``python -m deploy.export`` writes (``backend`` "onnx", ONNX Runtime)."""
         if backend not in BACKENDS:
@@ -366,7 +366,7 @@ class FaceDetector:
 
     @classmethod
     def from_pretrained(cls, source: str | Path = WHEEL_SOURCE, settings: DetectorSettings | None = None,
-                        device: str | torch.device = "cpu") -> "FaceDetector":
+                        device: str | torch.device = "cpu") -> FaceDetector:
         """The three nets from one source: a folder of pnet.pt, rnet.pt, onet.pt, a model-zoo entry (``"mtcnn_wider"``
         or ``"weights/mtcnn_wider"``), or the original weights in the facenet-pytorch wheel (the default)."""
         return cls.from_checkpoints(source, source, source, settings=settings, device=device)

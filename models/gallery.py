@@ -176,8 +176,8 @@ class Gallery:
             usable = [s for s in identity.sources if s]
             failed += [f"{identity.name}: embedding without a source image" for s in identity.sources if not s]
             results = embed_sources(usable) if usable else []
-            keep = [(s, e) for s, e in zip(usable, results) if e is not None]
-            failed += [f"{identity.name}: {s}" for s, e in zip(usable, results) if e is None]
+            keep = [(s, e) for s, e in zip(usable, results, strict=True) if e is not None]
+            failed += [f"{identity.name}: {s}" for s, e in zip(usable, results, strict=True) if e is None]
             if keep:
                 rebuilt.add(identity.name, np.stack([e for _, e in keep]), [s for s, _ in keep])
             else:

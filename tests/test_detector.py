@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.detector import DetectorSettings, Detections, FaceDetector, StageTimer, pyramid_scales
+from models.detector import Detections, DetectorSettings, FaceDetector, StageTimer, pyramid_scales
 from models.mtcnn import ONet, PNet, RNet
 from tests.conftest import FACENET_REFERENCE, import_or_skip
 from utils.boxes import detection_agreement
@@ -230,8 +230,18 @@ def test_integral_images_of_large_images_stay_exact_in_int32() -> None:
 
 
 def test_box_helpers_round_trip_and_min_nms() -> None:
-    from utils.boxes import (apply_box_regression, box_overlap, box_regression_targets, clip_boxes, decode_landmarks,
-                             encode_landmarks, nms, square_boxes, xywh_to_xyxy, xyxy_to_xywh)
+    from utils.boxes import (
+        apply_box_regression,
+        box_overlap,
+        box_regression_targets,
+        clip_boxes,
+        decode_landmarks,
+        encode_landmarks,
+        nms,
+        square_boxes,
+        xywh_to_xyxy,
+        xyxy_to_xywh,
+    )
 
     boxes = torch.tensor([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 30.0, 30.0]])
     assert xyxy_to_xywh(boxes)[0].tolist() == [10.0, 20.0, 40.0, 80.0]

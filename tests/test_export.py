@@ -39,7 +39,7 @@ from models.onnx_nets import (
     OnnxEmbedder,
     load_onnx_embedder,
     load_onnx_net,
-    require,
+    require as require_export_package,
 )
 from models.system import FaceRecognitionSystem
 from models.weights import load_net
@@ -141,7 +141,7 @@ def test_onnx_cascade_finds_the_same_faces_on_real_photos(exported: SimpleNamesp
     assert same["faces_candidate"] == same["faces_reference"]
     assert same["unmatched"] == 0
     assert same["landmark_distance"] < 0.01
-    for a, b in zip(exported.detections, found):
+    for a, b in zip(exported.detections, found, strict=True):
         assert torch.allclose(a.scores, b.scores, atol=1e-4)
 
 
@@ -225,7 +225,7 @@ def test_missing_onnxruntime_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, 
                                                tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError, match=f"onnxruntime is not installed.*{EXPORT_REQUIREMENTS}"):
-        require("onnxruntime")
+        require_export_package("onnxruntime")
     with pytest.raises(MissingDependencyError, match=EXPORT_REQUIREMENTS):
         FaceDetector.from_checkpoints(tmp_path, tmp_path, tmp_path, backend="onnx")
     assert run(main, get_args_parser(), ["--output-dir", str(tmp_path / "out")]) == 2

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from models.mtcnn import NetOutput, ONet, PNet, RNet, build_net, max_pool_2x2
-from models.weights import (load_net, original_weight_paths, read_state_dict, resolve_weights, save_net,
-                            wheel_weights_dir)
+from models.weights import (
+    load_net,
+    original_weight_paths,
+    read_state_dict,
+    resolve_weights,
+    save_net,
+    wheel_weights_dir,
+)
 from tests.conftest import FACENET_REFERENCE, import_or_skip
 from utils.errors import DataError
 

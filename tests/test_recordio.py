@@ -9,8 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.recordio import (MAGIC, FaceRecordSet, RecordHeader, RecordIOReader, encode_record, pack_record,
-                               read_index, unpack_record, write_recordio)
+from datasets.recordio import (
+    MAGIC,
+    FaceRecordSet,
+    RecordHeader,
+    RecordIOReader,
+    encode_record,
+    pack_record,
+    read_index,
+    unpack_record,
+    write_recordio,
+)
 from utils.errors import DataError
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)

@@ -16,7 +16,6 @@ from utils.archive import DEFAULT_LIMITS, MARKER_NAME, ExtractLimits, archive_fo
 from utils.errors import DataError
 from utils.hashing import hash_file
 
-
 _TYPES = (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
 
 

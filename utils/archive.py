@@ -38,8 +38,8 @@ from typing import Any
 from tqdm import tqdm
 
 from utils.atomic import atomic_write_text
-from utils.hashing import hash_file
 from utils.errors import DataError
+from utils.hashing import hash_file
 
 MARKER_NAME = ".extract_complete.json"
 _TEMP_SUFFIX = ".extracting"

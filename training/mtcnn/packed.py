@@ -175,7 +175,7 @@ class PackedSamples(torch.utils.data.Dataset):
 
 def batch_quota(batch_size: int, ratio: Sequence[float], available: Sequence[int]) -> np.ndarray:
     """Samples per type in one batch, proportional to ``ratio`` over the types present (largest remainders)."""
-    weights = np.array([r if n > 0 else 0.0 for r, n in zip(ratio, available)], dtype=np.float64)
+    weights = np.array([r if n > 0 else 0.0 for r, n in zip(ratio, available, strict=True)], dtype=np.float64)
     if weights.sum() <= 0:
         raise DataError("sample store", "no samples of any type the batch ratio asks for")
     exact = batch_size * weights / weights.sum()

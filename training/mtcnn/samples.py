@@ -187,7 +187,7 @@ class IouRule:
     positive: float = 0.65
 
     @classmethod
-    def from_config(cls, config: MTCNNConfig) -> "IouRule":
+    def from_config(cls, config: MTCNNConfig) -> IouRule:
         return cls(config.iou_negative, config.iou_part, config.iou_positive)
 
 
@@ -244,7 +244,7 @@ class FaceCounts:
     zero_size: int = 0
     outside: int = 0
 
-    def add(self, other: "FaceCounts") -> None:
+    def add(self, other: FaceCounts) -> None:
         for name in ("used", "small", "invalid", "zero_size", "outside"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -606,7 +606,7 @@ def _mine_task(task: SampleTask, store: Path, size: int, config: MTCNNConfig, st
             else:
                 readable.append((index, image))
         detections = detect([image for _, image in readable]) if readable else []
-        for (index, image), mined in zip(readable, detections):
+        for (index, image), mined in zip(readable, detections, strict=True):
             item = task.items[index]
             height, width = image.shape[:2]
             chosen, avoid, counts, bad = select_faces(item, width, height, config.min_face_size)
