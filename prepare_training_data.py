@@ -40,8 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="while verifying, decode every image to find corrupt files (slower)")
     parser.add_argument("--force-synthetic", action="store_true",
                         help="regenerate the synthetic set even when a complete one with the same spec exists")
-    parser.add_argument("--retries", type=int, default=3, help="download retries per mirror on connection errors and 5xx")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a stalled download connection is retried")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="download retries per mirror on connection errors and 5xx")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds before a stalled download connection is retried")
     parser.add_argument("--align", metavar="DATASET", choices=ALIGN_DATASETS, default=None,
                         help="instead of the steps above: detect, align and save the faces of an identity dataset "
                              f"({', '.join(ALIGN_DATASETS)}) with the cascade paths.pnet/rnet/onet name (settings: "
@@ -77,7 +79,8 @@ def prepare_synthetic(config: Config, force: bool) -> None:
 
 
 def fetch_public(config: Config, names: list[str], retries: int, timeout: float) -> list[str]:
-    """Fetch each named source that has direct downloads; print where to get the rest. Returns the ones still missing."""
+    """Fetch each named source that has direct downloads; print where to get the rest. Returns the ones still
+    missing."""
     data_root = Path(config.paths.data_root)
     incomplete = []
     for name in names:
@@ -107,8 +110,10 @@ def verify_all(config: Config, names: list[str], deep: bool) -> list[DatasetRepo
             verify_wider(root, "synthetic: scenes (WIDER layout)", deep, strict),
             verify_landmarks(root / "landmarks" / "landmarks_train.txt", "synthetic: landmarks train", deep, strict),
             verify_identities(root / "identities", "synthetic: identities", deep, strict),
-            verify_pairs(root / "lfw_val" / "pairs.txt", root / "lfw_val" / "images", "synthetic: val pairs", strict),
-            verify_pairs(root / "lfw_test" / "pairs.txt", root / "lfw_test" / "images", "synthetic: test pairs", strict),
+            verify_pairs(root / "lfw_val" / "pairs.txt", root / "lfw_val" / "images", "synthetic: val pairs",
+                         strict),
+            verify_pairs(root / "lfw_test" / "pairs.txt", root / "lfw_test" / "images", "synthetic: test pairs",
+                         strict),
         ]
     folder = {name: data_root / SOURCES[name].folder for name in SOURCES}
     if "wider_face" in names:

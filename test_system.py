@@ -5,7 +5,7 @@
     python test_system.py --identities DIR                  # identity folders only (verification pairs built from them)
     python test_system.py --detector ../shared/pretrained/mtcnn_facenet_pytorch --embedder FILE --matcher FILE
     python test_system.py --reuse-gallery                   # identify against the stored gallery instead of enrolling
-    python test_system.py --rebuild                         # re-embed the stored gallery's photos with the current models
+    python test_system.py --rebuild                         # re-embed the stored gallery's photos with current models
 
 Protocol. The test identities are split (seeded) into enrolled people and people not in the gallery
 (``system.unknown_fraction``). Each enrolled person's first ``system.gallery_images_per_identity`` images
@@ -200,7 +200,8 @@ def verification(system: FaceRecognitionSystem, results: dict[str, ImageResult],
                  pairs: list[tuple[str, str, bool]]) -> tuple[float, dict[str, float]]:
     """Accuracy of the matcher's decisions on test pairs (a pair with a missing face is decided 'different')."""
     decided = np.zeros(len(pairs), dtype=bool)
-    rows = [i for i, (a, b, _) in enumerate(pairs) if _primary(results, a) is not None and _primary(results, b) is not None]
+    rows = [i for i, (a, b, _) in enumerate(pairs)
+            if _primary(results, a) is not None and _primary(results, b) is not None]
     if rows:
         emb_a = np.stack([_primary(results, pairs[i][0]) for i in rows])
         emb_b = np.stack([_primary(results, pairs[i][1]) for i in rows])
@@ -302,7 +303,8 @@ def resolve_test_data(args: argparse.Namespace, config: Config) -> tuple[Path | 
         identities = Path(args.identities)
         return None, identities, identities
     pairs = Path(args.pairs) if args.pairs else config.path("test_pairs")
-    images = Path(args.images) if args.images else (pairs.parent / "images" if args.pairs else config.path("test_images"))
+    images = Path(args.images) if args.images else (pairs.parent / "images" if args.pairs
+                                                    else config.path("test_images"))
     return pairs, images, Path(args.identities) if args.identities else images
 
 
@@ -331,8 +333,8 @@ def main(args: argparse.Namespace) -> int:
     if pairs_file is not None:
         pairs_list = read_pairs(pairs_file)
         valid = check_pairs_images(pairs_list, pairs_root, log=system.log)
-        pairs = [(str(lfw_image_path(pairs_root, p.name_a, p.index_a)), str(lfw_image_path(pairs_root, p.name_b, p.index_b)),
-                  p.same) for p in valid]
+        pairs = [(str(lfw_image_path(pairs_root, p.name_a, p.index_a)),
+                  str(lfw_image_path(pairs_root, p.name_b, p.index_b)), p.same) for p in valid]
     else:
         labels = np.array([label for _, label in folder.samples])
         a, b, same = balanced_pairs(labels, 10, np.random.default_rng(config.runtime.seed))
@@ -382,7 +384,8 @@ def main(args: argparse.Namespace) -> int:
         Check("verification accuracy", accuracy, floors.min_verification_accuracy,
               detail=f"on {verify_details['pairs']} pairs ({verify_details['pairs_without_face']} without a face), "
                      f"TAR {verify_details['true_accept_rate']:.4f}, FAR {verify_details['false_accept_rate']:.4f}"),
-        Check("identification top-1", None if np.isnan(ident["top1"]) else ident["top1"], floors.min_identification_top1,
+        Check("identification top-1", None if np.isnan(ident["top1"]) else ident["top1"],
+              floors.min_identification_top1,
               detail=f"of {ident['known_probes']} probes of enrolled people (closed-set rank-1 "
                      f"{ident['closed_set_rank1']:.4f})" if ident["known_probes"] else "no probes of enrolled people"),
         Check("impostor acceptance", None if np.isnan(ident["impostor_accept_rate"]) else ident["impostor_accept_rate"],
@@ -398,7 +401,8 @@ def main(args: argparse.Namespace) -> int:
         f"{sum(name not in system.gallery for name in test.images)} not enrolled; "
         f"{len(test.probes)} probes; identification threshold {threshold:.4f}",
         f"{'images read':<24}{len(test_paths) - unreadable} of {len(test_paths)} ({unreadable} unreadable)",
-        f"{'faces detected':<24}{faces} in {with_face} images ({len(test_paths) - unreadable - with_face} images without a face)",
+        f"{'faces detected':<24}{faces} in {with_face} images "
+        f"({len(test_paths) - unreadable - with_face} images without a face)",
         checks[0].line(),
         f"{'alignment failures':<24}{alignment_failures}",
         *[c.line() for c in checks[1:]],
@@ -416,7 +420,8 @@ def main(args: argparse.Namespace) -> int:
     if len(system.log):
         print(system.log.summary())
     report = {
-        "checks": {c.name: {"value": c.value, "limit": c.limit, "ceiling": c.ceiling, "passed": c.passed} for c in checks},
+        "checks": {c.name: {"value": c.value, "limit": c.limit, "ceiling": c.ceiling, "passed": c.passed}
+                   for c in checks},
         "images": len(test_paths), "unreadable": unreadable, "images_with_face": with_face, "faces": faces,
         "alignment_failures": alignment_failures, "verification": verify_details, "identification": ident,
         "images_without_face": without_face, "gallery_images_without_face": missing_gallery_faces,

@@ -339,7 +339,8 @@ def side_by_side(results: Sequence[MethodResult], far_targets: Sequence[float]) 
 
 def write_plots(results: Sequence[MethodResult], pairs: PairSet, report_dir: Path) -> list[Path]:
     """ROC of every method on one plot, and same/different score histograms per method."""
-    written = [plot_roc(report_dir / "roc.png", {r.name: r.roc for r in results}, title="validation pairs (held-out folds)")]
+    written = [plot_roc(report_dir / "roc.png", {r.name: r.roc for r in results},
+                        title="validation pairs (held-out folds)")]
     for r in results:
         slug = r.name.split(" ")[0]
         xlabel = "calibrated probability" if isinstance(r.matcher, ClassifierMatcher) else r.name
@@ -357,7 +358,8 @@ def main(args: argparse.Namespace) -> int:
     settings = config.matching
     method = args.method or settings.method
     pairs_file = Path(args.pairs) if args.pairs else config.path("val_pairs")
-    images = Path(args.images) if args.images else (pairs_file.parent / "images" if args.pairs else config.path("val_images"))
+    images = Path(args.images) if args.images else (pairs_file.parent / "images" if args.pairs
+                                                    else config.path("val_images"))
     embedder_path = entry_file(args.embedder, EMBEDDER_FILE) if args.embedder else config.path("embedder")
     beside = embedder_path.parent  # a model-zoo entry stays as shipped: its new matcher goes to <runs_dir>/<entry>
     if is_entry(beside):
@@ -378,9 +380,9 @@ def main(args: argparse.Namespace) -> int:
     wanted += [str(p) for p, _ in folder.samples]
     embedded = embed_paths(system, [p for p in wanted if Path(p).is_file()], "embedding validation images")
     valid_pairs = pair_set(pairs, images, folds, embedded)
-    print(f"validation pairs: {len(valid_pairs.same)} of {len(pairs.pairs)} usable ({valid_pairs.dropped} with an image "
-          f"missing, unreadable or without a face), {len(np.unique(valid_pairs.folds))} folds; embedder "
-          f"{system.embedder_sha256[:12]}")
+    print(f"validation pairs: {len(valid_pairs.same)} of {len(pairs.pairs)} usable "
+          f"({valid_pairs.dropped} with an image missing, unreadable or without a face), "
+          f"{len(np.unique(valid_pairs.folds))} folds; embedder {system.embedder_sha256[:12]}")
 
     for path, reason in folder.left_out().items():
         print(f"identity folder left out: {path} ({reason})")
@@ -414,7 +416,8 @@ def main(args: argparse.Namespace) -> int:
     plots = write_plots(results, valid_pairs, report_dir)
     report = {
         "chosen": chosen.name, "matcher": str(output), "embedder": str(embedder_path),
-        "embedder_sha256": system.embedder_sha256, "pairs_file": str(pairs_file), "pairs_used": int(len(valid_pairs.same)),
+        "embedder_sha256": system.embedder_sha256, "pairs_file": str(pairs_file),
+        "pairs_used": int(len(valid_pairs.same)),
         "pairs_without_face": valid_pairs.dropped, "identities_left_out": folder.left_out(),
         "bad_inputs": len(system.log),
         "bad_input_files": sorted({problem.path for problem in system.log.problems}),

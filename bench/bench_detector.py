@@ -164,13 +164,15 @@ def print_table(title: str, summary: dict[str, Any]) -> None:
     print(f"\n### {title} ({summary['images']} images)\n")
     print("| | facenet-pytorch MTCNN | ours | ratio |")
     print("|---|---:|---:|---:|")
-    print(f"| images/s | {ref['images_per_second']:.2f} | {ours['images_per_second']:.2f} | {summary['speedup']:.2f}x |")
+    print(f"| images/s | {ref['images_per_second']:.2f} | {ours['images_per_second']:.2f} "
+          f"| {summary['speedup']:.2f}x |")
     print(f"| ms/image | {ref['seconds_per_image'] * 1e3:.1f} | {ours['seconds_per_image'] * 1e3:.1f} | |")
     for row in STAGE_ROWS:
         r, o = ref["stages_per_image"][row] * 1e3, ours["stages_per_image"][row] * 1e3
         ratio = f"{r / o:.1f}x" if o > 1e-6 else ""
         print(f"| {row} ms | {r:.1f} | {o:.1f} | {ratio} |")
-    print(f"\nAgreement: faces with score >= 0.9: reference {agree['confident_a']:.0f}, ours {agree['confident_b']:.0f}; "
+    print(f"\nAgreement: faces with score >= 0.9: reference {agree['confident_a']:.0f}, "
+          f"ours {agree['confident_b']:.0f}; "
           f"missed by ours {agree['missed_by_b']:.0f}, missed by reference {agree['missed_by_a']:.0f} (IoU >= 0.9); "
           f"mean landmark distance {agree['mean_landmark_px']:.3f} px over {agree['landmark_pairs']:.0f} faces")
 
@@ -194,7 +196,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=str(SHARED / "pretrained" / "mtcnn_facenet_pytorch"),
                         help="folder with pnet.pt, rnet.pt, onet.pt (or 'facenet-pytorch' for the wheel's copy)")
-    parser.add_argument("--shared", default=str(SHARED), help="the shared data root (holds data/photos, data/wider_...)")
+    parser.add_argument("--shared", default=str(SHARED),
+                        help="the shared data root (holds data/photos, data/wider_...)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runs per image; the fastest counts")
     parser.add_argument("--wider", type=int, default=50, help="WIDER train images besides the photos")

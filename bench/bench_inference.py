@@ -8,9 +8,10 @@ Run from the repo root (``--config``/``--set`` as for every script; needs ``requ
 
 The ONNX files come from ``--onnx-dir`` (written by ``python -m deploy.export --int8`` from the same checkpoint),
 or, without it, are exported here into a temporary folder with the same code (int8: ``--calibration-count``
-aligned training crops from ``facenet.train_images``). Accuracy: the LFW protocol of ``training.facenet.validation.evaluate``
-on ``facenet.val_pairs`` (every variant sees the same crops), and the cosine similarity of each variant's embedding
-of every validation crop to PyTorch fp32's (mean and lowest; a finer measure than accuracy on a few hundred pairs). Speed: ``embed`` over ``--images`` validation crops
+aligned training crops from ``facenet.train_images``). Accuracy: the LFW protocol of
+``training.facenet.validation.evaluate`` on ``facenet.val_pairs`` (every variant sees the same crops), and the
+cosine similarity of each variant's embedding of every validation crop to PyTorch fp32's (mean and lowest; a finer
+measure than accuracy on a few hundred pairs). Speed: ``embed`` over ``--images`` validation crops
 in batches of ``--batch-size``, the variants alternated ``--repeats`` times and the best pass of each kept, per
 wall-clock second and per CPU second of this process (steadier on a shared machine); every variant runs with
 ``--threads`` CPU threads, and the ratios are against PyTorch fp32 on the same device, in the same run.
@@ -58,7 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="int8 calibration crops when exporting here (default: 300)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION,
                         help=f"int8 activation-range method when exporting here (default: {DEFAULT_CALIBRATION})")
-    parser.add_argument("--images", type=int, default=512, help="validation crops embedded per timed pass (default: 512, or all when fewer)")
+    parser.add_argument("--images", type=int, default=512,
+                        help="validation crops embedded per timed pass (default: 512, or all when fewer)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per embed batch (default: 64)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed passes per variant, alternating variants; the best is kept (default: 3)")
@@ -81,7 +83,8 @@ def onnx_files(checkpoint: Path, folder: Path) -> dict[str, Path]:
     return files
 
 
-def export_here(config: Any, checkpoint: Path, folder: Path, pairs: PairsSet, args: argparse.Namespace) -> dict[str, Path]:
+def export_here(config: Any, checkpoint: Path, folder: Path, pairs: PairsSet,
+                args: argparse.Namespace) -> dict[str, Path]:
     """Export fp32 and int8 from ``checkpoint`` into ``folder`` (checked on the first validation crops)."""
     model, arch = load_embedder_for_export(checkpoint)
     faces = pairs.crops.images[:64]
@@ -144,8 +147,9 @@ def main(args: argparse.Namespace) -> int:
           f"batch {args.batch_size}, {args.threads} CPU thread(s), best of {args.repeats}")
     print(_table(rows, [("variant", "variant", ""), ("device", "device", ""), ("accuracy", "accuracy", ".4f"),
                         ("AUC", "auc", ".4f"), ("cosine to torch fp32: mean", "mean_cosine", ".4f"),
-                        ("min", "min_cosine", ".4f"), ("img/s", "images_per_s", ".1f"), ("x torch fp32", "ratio", ".2f"),
-                        ("img/CPU-s", "images_per_cpu_s", ".1f"), ("x torch fp32 (CPU time)", "cpu_ratio", ".2f")]))
+                        ("min", "min_cosine", ".4f"), ("img/s", "images_per_s", ".1f"),
+                        ("x torch fp32", "ratio", ".2f"), ("img/CPU-s", "images_per_cpu_s", ".1f"),
+                        ("x torch fp32 (CPU time)", "cpu_ratio", ".2f")]))
     fp32 = rows[0]  # torch fp32 on the CPU
     int8 = next(r for r in rows if r["variant"] == "onnx int8")
     print(f"int8 - torch fp32 accuracy: {100 * (int8['accuracy'] - fp32['accuracy']):+.2f} points")

@@ -137,7 +137,8 @@ def baseline_stage_p(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, si
                 if rng.random() < 0.5:
                     patch = patch[:, ::-1]
                     axis = region[0] + region[2]
-                    target_face = np.array([axis - target_face[2], target_face[1], axis - target_face[0], target_face[3]])
+                    target_face = np.array([axis - target_face[2], target_face[1],
+                                            axis - target_face[0], target_face[3]])
                 crops.append(patch)
                 kinds.append(POSITIVE if iou[best] >= rule.positive else PART)
                 targets.append(_target_one(region, target_face, size))
@@ -193,7 +194,8 @@ def load_images(root: Path, count: int, min_face: float) -> tuple[list[np.ndarra
     return images, geometry, decode
 
 
-def bench_stage_p(images: list[np.ndarray], geometry: list[tuple], config: MTCNNConfig, repeats: int) -> dict[str, tuple]:
+def bench_stage_p(images: list[np.ndarray], geometry: list[tuple], config: MTCNNConfig,
+                  repeats: int) -> dict[str, tuple]:
     """crops/s of ours and the loop (area and linear resizing) over the same images."""
     rule, stage = IouRule.from_config(config), config.pnet
     results = {}
@@ -264,33 +266,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="stage-P repeats (best wall time kept)")
     parser.add_argument("--batch", type=int, default=8, help="images per detector call while mining")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
-    parser.add_argument("--device", default="cpu", help="where the cascade runs while mining (cpu, cuda): ours crops there too")
+    parser.add_argument("--device", default="cpu",
+                        help="where the cascade runs while mining (cpu, cuda): ours crops there too")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     config = Config()
     images, geometry, decode = load_images(Path(args.data), args.images, config.mtcnn.min_face_size)
     pixels = sum(i.shape[0] * i.shape[1] for i in images) / len(images)
-    print(f"{len(images)} images from {args.data} (mean {pixels / 1e6:.2f} MP, decoding {decode / len(images) * 1e3:.1f} ms "
-          f"per image, not counted below); {platform.processor() or platform.machine()}, torch threads {args.threads}, "
-          f"mining on {args.device}")
+    print(f"{len(images)} images from {args.data} (mean {pixels / 1e6:.2f} MP, "
+          f"decoding {decode / len(images) * 1e3:.1f} ms per image, not counted below); "
+          f"{platform.processor() or platform.machine()}, torch threads {args.threads}, mining on {args.device}")
 
     p = bench_stage_p(images, geometry, config.mtcnn, args.repeats)
     print("\n| stage-P samples (12 px) | crops | wall s | crops/s | CPU s | speed-up (wall) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, label in (("ours", "ours (vectorised)"), ("loop_area", "per-crop loop, cv2 INTER_AREA (area averages, like ours)"),
+    for name, label in (("ours", "ours (vectorised)"),
+                        ("loop_area", "per-crop loop, cv2 INTER_AREA (area averages, like ours)"),
                         ("loop_linear", "per-crop loop, cv2 INTER_LINEAR (public scripts)")):
         crops, wall, cpu = p[name]
         speed = p[name][0] / wall
         ratio = (p["ours"][0] / p["ours"][1]) / speed
-        print(f"| {label} | {crops:,} | {wall:.2f} | {speed:,.0f} | {cpu:.2f} | {'' if name == 'ours' else f'{ratio:.1f}x'} |")
+        print(f"| {label} | {crops:,} | {wall:.2f} | {speed:,.0f} | {cpu:.2f} "
+              f"| {'' if name == 'ours' else f'{ratio:.1f}x'} |")
 
     for until, label in (("pnet", "stage-R mining (P-Net, 24 px)"), ("rnet", "stage-O mining (P+R-Net, 48 px)")):
         r = bench_mining(images, geometry, config, Path(args.weights) if args.weights != "facenet-pytorch"
                          else args.weights, until, args.batch, args.device)
         boxes, net_wall, net_cpu = r["networks"]
         n = len(images)
-        print(f"\n| {label}: {boxes:,} candidate boxes | per-box work s | boxes/s | images/s incl. networks | speed-up per-box | speed-up end to end |")
+        print(f"\n| {label}: {boxes:,} candidate boxes | per-box work s | boxes/s | images/s incl. networks "
+              "| speed-up per-box | speed-up end to end |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, text in (("ours", "ours (vectorised)"), ("loop", "per-box loop")):
             _, wall, _ = r[name]

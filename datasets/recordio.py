@@ -177,7 +177,8 @@ class RecordIOReader:
         size = self.rec_path.stat().st_size
         beyond = [key for key, offset in self.index.items() if offset >= size]
         if beyond:
-            raise DataError(self.idx_path, f"key {beyond[0]} points past the end of {self.rec_path.name} ({size} bytes)")
+            raise DataError(self.idx_path,
+                            f"key {beyond[0]} points past the end of {self.rec_path.name} ({size} bytes)")
         self._handle: BinaryIO | None = None
 
     @property

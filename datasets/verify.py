@@ -82,7 +82,8 @@ def verify_wider(root: Path, name: str = "WIDER FACE", deep: bool = False, stric
     return _finish(report, log)
 
 
-def verify_landmarks(list_file: Path, name: str = "landmarks", deep: bool = False, strict: bool = False) -> DatasetReport:
+def verify_landmarks(list_file: Path, name: str = "landmarks", deep: bool = False,
+                     strict: bool = False) -> DatasetReport:
     """A 5-point landmark list: lines parse and the images they name exist (with ``deep``: decode, and each face's
     box lies inside its image)."""
     report = DatasetReport(name, list_file, "missing")

@@ -44,7 +44,8 @@ def face_template(size: int = 160, margin: float = 0.0) -> Tensor:
 
 
 def similarity_transforms(landmarks: Tensor, template: Tensor) -> Tensor:
-    """Least-squares similarity (rotation, uniform scale, shift) [N, 2, 3] mapping each face's points onto ``template``."""
+    """Least-squares similarity (rotation, uniform scale, shift) [N, 2, 3] mapping each face's points onto
+    ``template``."""
     src = landmarks.to(torch.float64)
     dst = template.to(src.device, torch.float64).expand_as(src)
     x, y = src[..., 0], src[..., 1]

@@ -225,7 +225,8 @@ def _check_values(array: Tensor, label: str) -> Tensor:
         if low < 0.0 or high > 255.0:
             raise DataError(label, f"float image values span [{low:g}, {high:g}]; the detector expects 0..255 pixels")
         if 0.0 < high <= 1.0:
-            raise DataError(label, "float image values lie within [0, 1]; the detector expects 0..255 pixels (multiply by 255)")
+            raise DataError(label, "float image values lie within [0, 1]; the detector expects 0..255 pixels "
+                                   "(multiply by 255)")
     return array.float()
 
 
@@ -258,13 +259,15 @@ def to_rgb_tensor(image: Any, channel_order: str = "rgb", index: int | None = No
     elif isinstance(image, Tensor):
         tensor = image.detach()
         if tensor.dim() == 3 and tensor.shape[0] not in (1, 3, 4) and tensor.shape[-1] in (1, 3, 4):
-            raise DataError(label, f"tensor of shape {tuple(tensor.shape)} looks HxWxC; tensors must be CxHxW (use .permute(2, 0, 1))")
+            raise DataError(label, f"tensor of shape {tuple(tensor.shape)} looks HxWxC; tensors must be CxHxW "
+                                   "(use .permute(2, 0, 1))")
     else:
         raise DataError(label, f"unsupported image type {type(image).__name__}; use numpy, PIL or torch")
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
-        raise DataError(label, f"image shape {tuple(image.shape)} is not HxW, HxWxC (numpy) or CxHxW (torch) with C in 1, 3, 4")
+        raise DataError(label, f"image shape {tuple(image.shape)} is not HxW, HxWxC (numpy) or CxHxW (torch) "
+                               "with C in 1, 3, 4")
     if tensor.dtype != torch.uint8:
         if not tensor.dtype.is_floating_point:
             raise DataError(label, f"tensor image dtype {tensor.dtype} is not supported; use uint8 or float (0..255)")
@@ -359,7 +362,8 @@ class FaceDetector:
         if backend == "onnx":
             from models.onnx_nets import load_onnx_net  # optional dependency, imported only when asked for
             where = select_device(device) if isinstance(device, str) else torch.device(device)
-            nets: list[Any] = [load_onnx_net(source, name, device=where) for source, name in zip((pnet, rnet, onet), NET_NAMES)]
+            nets: list[Any] = [load_onnx_net(source, name, device=where)
+                               for source, name in zip((pnet, rnet, onet), NET_NAMES)]
         else:
             nets = [load_net(source, name) for source, name in zip((pnet, rnet, onet), NET_NAMES)]
         return cls(*nets, settings=settings, device=device)
@@ -537,7 +541,8 @@ class FaceDetector:
         return regions, valid
 
     def crop_resize(self, prep: PreparedImages, image_index: Tensor, regions: Tensor, size: int) -> Tensor:
-        """Area-resize each region to ``size x size`` from the integral images: [N, 3, size, size] channels_last, net scale."""
+        """Area-resize each region to ``size x size`` from the integral images: [N, 3, size, size] channels_last,
+        net scale."""
         sizes = torch.tensor(prep.sizes, device=self.device)[image_index]
         crops = area_resize(prep.flat, prep.offsets[image_index], sizes, regions, size, _net_input)
         return crops.permute(0, 3, 1, 2)
@@ -563,7 +568,8 @@ class FaceDetector:
         parts: list[NetOutput] = []
         for start in range(0, len(cands), chunk):
             with self._clock(timer, "crop"):
-                crops = self.crop_resize(prep, cands.image_index[start:start + chunk], regions[start:start + chunk], size)
+                crops = self.crop_resize(prep, cands.image_index[start:start + chunk], regions[start:start + chunk],
+                                         size)
             with self._clock(timer, name):
                 parts.append(self._run(name, crops))
         with self._clock(timer, "boxes"):

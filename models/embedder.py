@@ -122,7 +122,8 @@ class Embedder(nn.Module):
     def __init__(self, backbone: nn.Module, input_size: int | None = None, standardization: str = "fixed") -> None:
         super().__init__()
         if standardization not in STANDARDIZATIONS:
-            raise ConfigError(f"unknown input standardization {standardization!r}; choose one of {', '.join(STANDARDIZATIONS)}")
+            raise ConfigError(f"unknown input standardization {standardization!r}; "
+                              f"choose one of {', '.join(STANDARDIZATIONS)}")
         self.standardization = standardization
         built_for = getattr(backbone, "input_size", None)  # fixed-size backbones (MobileFaceNet) carry theirs
         if input_size is None:

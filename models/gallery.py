@@ -145,7 +145,8 @@ class Gallery:
         if not isinstance(state, dict) or state.get("format") != GALLERY_FORMAT:
             raise DataError(path, "not a gallery file (no 'format: face-gallery' header)")
         if state.get("version") != GALLERY_VERSION:
-            raise DataError(path, f"gallery file version {state.get('version')!r}; this toolkit reads {GALLERY_VERSION}")
+            raise DataError(path,
+                            f"gallery file version {state.get('version')!r}; this toolkit reads {GALLERY_VERSION}")
         stored = str(state["embedder_sha256"])
         if embedder_sha256 is not None and stored != embedder_sha256:
             raise GalleryModelMismatch(path, f"gallery holds embeddings of embedder {stored[:12]}, the embedder in use "

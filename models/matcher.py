@@ -269,7 +269,8 @@ class ClassifierMatcher(Matcher):
         groups = np.asarray(groups)
         n_groups = len(np.unique(groups))
         if n_groups < 2:
-            raise ValueError("the classifier needs pairs from at least 2 identity groups to calibrate on held-out identities")
+            raise ValueError("the classifier needs pairs from at least 2 identity groups "
+                             "to calibrate on held-out identities")
         if same.all() or not same.any():
             raise ValueError("the classifier needs both same-person and different-person pairs")
         splits = list(GroupKFold(n_splits=min(folds, n_groups)).split(features, same, groups))
@@ -449,7 +450,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != MATCHER_FORMAT:
         raise DataError(path, "not a matcher file (no 'format: face-matcher' header)")
     if data.get("version") != MATCHER_VERSION:
-        raise DataError(path, f"matcher file version {data.get('version')!r}; this toolkit reads version {MATCHER_VERSION}")
+        raise DataError(path,
+                        f"matcher file version {data.get('version')!r}; this toolkit reads version {MATCHER_VERSION}")
     return data
 
 
@@ -459,8 +461,9 @@ def load_matcher(path: str | Path, embedder_sha256: str | None = None, embedding
     data = _read_json(path)
     stored = str(data.get("embedder_sha256", ""))
     if embedder_sha256 is not None and stored != embedder_sha256:
-        raise MatcherMismatchError(path, f"matcher was tuned for embedder {stored[:12] or '(unknown)'}, but the embedder "
-                                         f"in use is {embedder_sha256[:12]}; rerun train_matching.py with this embedder")
+        raise MatcherMismatchError(path, f"matcher was tuned for embedder {stored[:12] or '(unknown)'}, "
+                                         f"but the embedder in use is {embedder_sha256[:12]}; "
+                                         "rerun train_matching.py with this embedder")
     size = int(data.get("embedding_size", 0))
     if embedding_size is not None and size and size != embedding_size:
         raise MatcherMismatchError(path, f"matcher expects {size}-d embeddings, the embedder gives {embedding_size}-d")
@@ -497,7 +500,7 @@ def matcher_summary(matcher: Matcher) -> str:
 
 
 __all__ = (
-    "ClassifierMatcher", "Matcher", "MatcherMismatchError", "ThresholdMatcher", "balanced_pairs", "different_identity_pairs",
-    "fit_classifier_on_identities", "identity_groups", "load_matcher", "matcher_summary", "pair_features",
-    "simulate_open_set",
+    "ClassifierMatcher", "Matcher", "MatcherMismatchError", "ThresholdMatcher", "balanced_pairs",
+    "different_identity_pairs", "fit_classifier_on_identities", "identity_groups", "load_matcher", "matcher_summary",
+    "pair_features", "simulate_open_set",
 )

@@ -3,7 +3,8 @@
 Table 1 of the paper, for a 112x112 input (every size here is configurable):
 
     conv 3x3/2 64 -> depthwise 3x3 64
-    bottlenecks (expansion t, channels c, repeats n, stride s): (2,64,5,2) (4,128,1,2) (2,128,6,1) (4,128,1,2) (2,128,2,1)
+    bottlenecks (expansion t, channels c, repeats n, stride s):
+        (2,64,5,2) (4,128,1,2) (2,128,6,1) (4,128,1,2) (2,128,2,1)
     conv 1x1 512 -> global depthwise conv (GDConv, kernel = final grid) -> embedding
 
 PReLU activations, batch norm after every convolution, linear (no activation) projections. The paper's
@@ -73,7 +74,8 @@ def final_grid_size(input_size: int) -> int:
 class MobileFaceNet(nn.Module):
     """MobileFaceNet trunk + bottleneck head; standardised RGB in, un-normalised embedding out."""
 
-    def __init__(self, embedding_size: int = 128, input_size: int = 112, dropout: float = 0.0, width: float = 1.0) -> None:
+    def __init__(self, embedding_size: int = 128, input_size: int = 112, dropout: float = 0.0,
+                 width: float = 1.0) -> None:
         super().__init__()
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be positive, got {embedding_size}")

@@ -136,6 +136,8 @@ def save_net(model: nn.Module, path: str | Path, config: Mapping[str, Any] | Non
     P/R-Net landmark head has the original release's exact keys, so facenet-pytorch and other readers
     of the original files accept it.
     """
-    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in model.state_dict().items()}
-    payload: dict[str, Any] = state if plain else {"model": state, "kind": net_name(model), "config": dict(config or {})}
+    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+             for k, v in model.state_dict().items()}
+    payload: dict[str, Any] = state if plain else {"model": state, "kind": net_name(model),
+                                                   "config": dict(config or {})}
     save_checkpoint(path, payload)

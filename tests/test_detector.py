@@ -1,4 +1,5 @@
-"""FaceDetector with the original weights: real faces found, parity with facenet-pytorch, every input form, bad input."""
+"""FaceDetector with the original weights: real faces found, parity with facenet-pytorch, every input form, bad
+input."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,7 +68,8 @@ def test_finds_the_faces_a_person_sees(detector: FaceDetector, photos: dict) -> 
 def test_agrees_with_facenet_pytorch(detector: FaceDetector, photos: dict, wider_images: list,
                                      pretrained_mtcnn: Path) -> None:
     mtcnn_module = import_or_skip("facenet_pytorch", FACENET_REFERENCE)
-    reference = mtcnn_module.MTCNN(keep_all=True, device="cpu", min_face_size=20, thresholds=[0.6, 0.7, 0.7], factor=0.709)
+    reference = mtcnn_module.MTCNN(keep_all=True, device="cpu", min_face_size=20, thresholds=[0.6, 0.7, 0.7],
+                                   factor=0.709)
     for name in ("pnet", "rnet", "onet"):
         getattr(reference, name).load_state_dict(torch.load(pretrained_mtcnn / f"{name}.pt", weights_only=True))
     totals: dict[str, float] = {}
@@ -119,7 +121,8 @@ def test_memory_bounds_do_not_change_results(pretrained_mtcnn: Path, photos: dic
     image = photos["multiface.jpg"][:360, 180:720]
     default = FaceDetector.from_pretrained(pretrained_mtcnn).detect(image)[0]
     # P-Net in row bands of ~40k pixels and R/O-Net in chunks of 8 crops give the same faces
-    tight = FaceDetector.from_pretrained(pretrained_mtcnn, DetectorSettings(max_pnet_pixels=40_000, max_crops_per_batch=8))
+    tight = FaceDetector.from_pretrained(pretrained_mtcnn,
+                                         DetectorSettings(max_pnet_pixels=40_000, max_crops_per_batch=8))
     timer = StageTimer()
     banded = tight.detect(image, timer=timer)[0]
     torch.testing.assert_close(banded.boxes, default.boxes, rtol=0, atol=1e-4)
@@ -162,7 +165,8 @@ def test_bad_input_is_an_error_or_empty(detector: FaceDetector, photos: dict, tm
     assert len(detector.detect(torch.zeros(3, 5, 400)) [0]) == 0
     assert detector.detect([]) == []
     grey = rgb.mean(axis=2).round().astype(np.uint8)
-    torch.testing.assert_close(detector.detect(grey)[0].boxes, detector.detect(np.repeat(grey[:, :, None], 3, 2))[0].boxes)
+    torch.testing.assert_close(detector.detect(grey)[0].boxes,
+                               detector.detect(np.repeat(grey[:, :, None], 3, 2))[0].boxes)
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
     torch.testing.assert_close(detector.detect(rgba)[0].boxes, reference.boxes)
     nan = torch.from_numpy(rgb).permute(2, 0, 1).float()
@@ -195,7 +199,8 @@ def test_bad_construction_is_a_clear_error(pretrained_mtcnn: Path) -> None:
     with pytest.raises(ConfigError, match="thresholds"):
         DetectorSettings(thresholds=(0.6, 0.7))
     with pytest.raises(DataError, match="this state_dict is a onet, expected rnet"):
-        FaceDetector.from_checkpoints(pretrained_mtcnn / "pnet.pt", pretrained_mtcnn / "onet.pt", pretrained_mtcnn / "onet.pt")
+        FaceDetector.from_checkpoints(pretrained_mtcnn / "pnet.pt", pretrained_mtcnn / "onet.pt",
+                                      pretrained_mtcnn / "onet.pt")
     settings = DetectorSettings.from_config(type("Cfg", (), {"min_face_size": 40.0, "fp16": True, "unrelated": 1})())
     assert settings.min_face_size == 40.0 and settings.fp16
     assert FaceDetector(PNet(), RNet(), ONet(), settings).dtype == torch.float32  # fp16 only on CUDA
@@ -246,7 +251,8 @@ def test_box_helpers_round_trip_and_min_nms() -> None:
     boxes = torch.tensor([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 30.0, 30.0]])
     assert xyxy_to_xywh(boxes)[0].tolist() == [10.0, 20.0, 40.0, 80.0]
     torch.testing.assert_close(xywh_to_xyxy(xyxy_to_xywh(boxes)), boxes)
-    assert clip_boxes(torch.tensor([[-5.0, 10.0, 70.0, 200.0]]), width=64, height=100).tolist() == [[0.0, 10.0, 64.0, 100.0]]
+    clipped = clip_boxes(torch.tensor([[-5.0, 10.0, 70.0, 200.0]]), width=64, height=100)
+    assert clipped.tolist() == [[0.0, 10.0, 64.0, 100.0]]
     squared = square_boxes(boxes)
     assert torch.equal(squared[0], torch.tensor([-10.0, 20.0, 70.0, 100.0]))  # 40x80 -> 80x80, same centre
     targets = torch.tensor([[12.0, 18.0, 55.0, 90.0], [1.0, 2.0, 29.0, 33.0]])
@@ -254,7 +260,8 @@ def test_box_helpers_round_trip_and_min_nms() -> None:
         offsets = box_regression_targets(boxes, targets, inclusive)
         torch.testing.assert_close(apply_box_regression(boxes, offsets, inclusive), targets)
         points = torch.rand(2, 5, 2) * 30 + 10
-        torch.testing.assert_close(decode_landmarks(boxes, encode_landmarks(boxes, points, inclusive), inclusive), points)
+        encoded = encode_landmarks(boxes, points, inclusive)
+        torch.testing.assert_close(decode_landmarks(boxes, encoded, inclusive), points)
     # a small box inside a big one: IoU is low, intersection over the smaller box is 1
     nested = torch.tensor([[0.0, 0.0, 100.0, 100.0], [10.0, 10.0, 30.0, 30.0], [200.0, 0.0, 240.0, 40.0]])
     assert box_overlap(nested[:1], nested[1:2], "union").item() < 0.05

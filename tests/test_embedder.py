@@ -57,7 +57,8 @@ def test_inception_state_dict_matches_facenet_pytorch_keys_and_shapes(reference_
     assert ours == theirs
 
 
-def test_inception_loads_facenet_pytorch_weights_and_gives_same_embeddings(reference_inception: torch.nn.Module) -> None:
+def test_inception_loads_facenet_pytorch_weights_and_gives_same_embeddings(
+        reference_inception: torch.nn.Module) -> None:
     embedder = Embedder.build("inception_resnet_v1", embedding_size=512, dropout=0.6)
     embedder.backbone.load_state_dict(reference_inception.state_dict(), strict=True)
     embedder.eval()

@@ -66,7 +66,8 @@ def photos(shared_data: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, pretrained_mtcnn: Path, photos: list[np.ndarray]) -> SimpleNamespace:
+def exported(tmp_path_factory: pytest.TempPathFactory, pretrained_mtcnn: Path,
+             photos: list[np.ndarray]) -> SimpleNamespace:
     """All four nets exported once (checked by the exporter on the cascade's own inputs from the photos)."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         import_or_skip(module, f"optional ONNX export packages, {EXPORT_REQUIREMENTS}")

@@ -119,7 +119,8 @@ def test_classifier_learns_on_held_out_identities_and_is_calibrated() -> None:
 
 
 @pytest.mark.parametrize(("classifier", "calibration"), [("logistic", "isotonic"), ("linear_svm", "sigmoid")])
-def test_classifier_variants_save_and_load_to_the_same_probabilities(tmp_path, classifier: str, calibration: str) -> None:
+def test_classifier_variants_save_and_load_to_the_same_probabilities(tmp_path, classifier: str,
+                                                                     calibration: str) -> None:
     emb, labels = clustered_embeddings(12, 5, 0.8, seed=3)
     matcher = fit_classifier_on_identities(emb, labels, pairs_per_identity=8, classifier=classifier,
                                            calibration=calibration, folds=3, seed=1)
@@ -187,7 +188,8 @@ def test_gallery_scoring_best_or_template_and_it_survives_save_and_load(tmp_path
     loaded = load_matcher(template.save(tmp_path / "m.json", HASH_A))
     assert loaded.gallery_scoring == "template"
     path = tmp_path / "old.json"
-    path.write_text(json.dumps({k: v for k, v in best.to_dict().items() if k != "gallery_scoring"} | {"embedder_sha256": HASH_A}))
+    old = {k: v for k, v in best.to_dict().items() if k != "gallery_scoring"}
+    path.write_text(json.dumps(old | {"embedder_sha256": HASH_A}))
     assert load_matcher(path).gallery_scoring == "best"  # files written before the key existed
     path.write_text(json.dumps(best.to_dict() | {"embedder_sha256": HASH_A, "gallery_scoring": "median"}))
     with pytest.raises(DataError, match="gallery_scoring"):

@@ -169,7 +169,9 @@ def test_plots_write_complete_pngs(tmp_path) -> None:
     _assert_png(plot_roc(tmp_path / "roc_log.png", {"model": (result.fpr, result.tpr)}, log_far=True))
     _assert_png(plot_score_histograms(tmp_path / "hist.png", scores, same, threshold=result.threshold))
     _assert_png(plot_pr_curve(tmp_path / "pr.png", scores, same))
-    _assert_png(plot_loss_curves(tmp_path / "sub" / "loss.png", {"loss/train": [1.0, 0.6, 0.4], "loss/val": [1.1, 0.8, 0.7], "accuracy": [0.5, 0.7, 0.8]}))
+    _assert_png(plot_loss_curves(tmp_path / "sub" / "loss.png", {"loss/train": [1.0, 0.6, 0.4],
+                                                                 "loss/val": [1.1, 0.8, 0.7],
+                                                                 "accuracy": [0.5, 0.7, 0.8]}))
     with pytest.raises(ValueError, match="no logged values"):
         plot_loss_curves(tmp_path / "empty.png", {"loss": []})
     assert not (tmp_path / "empty.png").exists()

@@ -363,7 +363,8 @@ def mean_cosines(embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, flo
     return float(cosine[same & off_diagonal].mean()), float(cosine[~same].mean())
 
 
-@pytest.mark.parametrize("name", COMMITTED or [pytest.param(None, marks=pytest.mark.skip(reason="no entries committed"))])
+@pytest.mark.parametrize("name", COMMITTED or [pytest.param(None,
+                                                           marks=pytest.mark.skip(reason="no entries committed"))])
 def test_a_committed_entry_loads_and_works(name: str, pretrained_mtcnn: Path, shared_data: Path,
                                            multiface: np.ndarray) -> None:
     """Checksums match; the entry loads by name; its cascade finds the group photo's 6 faces (one miss allowed:

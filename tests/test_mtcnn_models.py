@@ -164,7 +164,8 @@ def test_bad_checkpoints_are_clear_errors(tmp_path: Path, pretrained_mtcnn: Path
     state = torch.load(pretrained_mtcnn / "pnet.pt", weights_only=True)
     state["conv2.weight"] = torch.zeros(8, 10, 3, 3)
     torch.save(state, tmp_path / "bad_shape.pt")
-    with pytest.raises(DataError, match=r"bad_shape.pt: weights do not fit PNet: shape mismatch in conv2.weight \(8, 10, 3, 3\)"):
+    with pytest.raises(DataError,
+                       match=r"bad_shape.pt: weights do not fit PNet: shape mismatch in conv2.weight \(8, 10, 3, 3\)"):
         load_net(tmp_path / "bad_shape.pt", "pnet")
     del state["conv3.bias"]
     state["conv2.weight"] = torch.zeros(16, 10, 3, 3)

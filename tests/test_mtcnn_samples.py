@@ -212,7 +212,8 @@ def tiny_wider(tmp_path):
         write_image(images / f"{i}.jpg", _noise_image(10 + i, 200, 240))
     (images / "3.jpg").write_bytes(b"not a jpeg at all")
     annotations = [
-        WiderAnnotation("0--Test/0.jpg", [[20, 20, 80, 90], [120, 40, 125, 40], [300, 10, 330, 40]]),  # zero-size, outside
+        # a face, a zero-size box, a box outside the image
+        WiderAnnotation("0--Test/0.jpg", [[20, 20, 80, 90], [120, 40, 125, 40], [300, 10, 330, 40]]),
         WiderAnnotation("0--Test/1.jpg", np.zeros((0, 4))),  # no faces
         WiderAnnotation("0--Test/2.jpg", [[60, 60, 140, 150]], [[0, 0, 0, 1, 0, 0]]),  # flagged invalid
         WiderAnnotation("0--Test/3.jpg", [[10, 10, 50, 50]]),  # unreadable image
@@ -304,7 +305,8 @@ def test_mined_candidates_become_labelled_samples_with_targets_in_the_candidates
     image = _noise_image(7, 200, 240)
     write_image(tmp_path / "img.jpg", image)
     face = np.array([[50.0, 40.0, 110.0, 110.0]])
-    boxes = np.array([[48.0, 42.0, 112.0, 106.0], [150.0, 120.0, 190.0, 160.0], [50.0, 15.0, 110.0, 85.0]])  # IoU 0.95, none, 0.47
+    # IoU with the face: 0.95, none, 0.47
+    boxes = np.array([[48.0, 42.0, 112.0, 106.0], [150.0, 120.0, 190.0, 160.0], [50.0, 15.0, 110.0, 85.0]])
 
     def detect(images):
         assert len(images) == 1 and images[0].shape == image.shape

@@ -1,4 +1,5 @@
-"""insightface RecordIO (.rec/.idx) without mxnet: bytes laid out by hand, round trips, multi-part records, bad files."""
+"""insightface RecordIO (.rec/.idx) without mxnet: bytes laid out by hand, round trips, multi-part records, bad
+files."""
 from __future__ import annotations
 
 import pickle

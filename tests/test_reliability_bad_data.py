@@ -266,7 +266,8 @@ def test_verify_reports_every_bad_input_by_file(mixed_root: dict, capsys: pytest
                 for entry in json.loads((root / "verify_report.json").read_text(encoding="utf-8"))}
     scenes = problems["synthetic: scenes (WIDER layout)"]
     assert not _names(scenes, mixed_root["wider"]["bad_files"] + mixed_root["wider"]["bad_boxes"] + ["few_fields.jpg"])
-    assert "outside the" in scenes and "found 3 fields" in scenes and "huge.png: image is 12000x12000, over the" in scenes
+    assert "outside the" in scenes and "found 3 fields" in scenes
+    assert "huge.png: image is 12000x12000, over the" in scenes
     assert all(name not in scenes for name in ("scène_1.jpg", *ODD_VALID)), "grey, 16-bit and CMYK files are valid"
     marks = problems["synthetic: landmarks train"]
     assert f"landmarks_train.txt:{mixed_root['landmark_short_line']}:" in marks and "text.jpg" in marks
@@ -357,7 +358,8 @@ def matcher_file(mixed_root: dict, embedder_run: Path) -> Path:
 
 def test_matching_skips_missing_and_bad_pair_images(mixed_root: dict, embedder_run: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = _run("train_matching.py", _matching_argv(mixed_root, embedder_run, tmp_path / "matcher.json"), capsys)
+    code, out, _ = _run("train_matching.py", _matching_argv(mixed_root, embedder_run, tmp_path / "matcher.json"),
+                        capsys)
     assert code == 0 and (tmp_path / "matcher.json").is_file()
     report = json.loads((tmp_path / "matching" / "report.json").read_text(encoding="utf-8"))
     assert report["pairs_used"] == 12 and report["pairs_without_face"] == 4
@@ -365,7 +367,8 @@ def test_matching_skips_missing_and_bad_pair_images(mixed_root: dict, embedder_r
     assert not _names(summary, _pair_images(mixed_root, "val", "bad") + _pair_images(mixed_root, "val", "missing"))
     assert set(_pair_images(mixed_root, "val", "bad")) <= set(report["bad_input_files"])
 
-    error = _strict_error("train_matching.py", _matching_argv(mixed_root, embedder_run, tmp_path / "strict.json"), capsys)
+    error = _strict_error("train_matching.py", _matching_argv(mixed_root, embedder_run, tmp_path / "strict.json"),
+                          capsys)
     assert "pairs.txt:2:" in error and mixed_root["val"]["missing"][0] in error
 
 
@@ -378,7 +381,8 @@ def _system_argv(mixed_root: dict, embedder_run: Path, matcher: Path, gallery: P
 
 def test_system_check_skips_missing_and_bad_test_images(mixed_root: dict, embedder_run: Path, matcher_file: Path,
                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = _run("test_system.py", _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "gallery.pt"), capsys)
+    code, out, _ = _run("test_system.py",
+                        _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "gallery.pt"), capsys)
     assert code == 0, out[-2000:]
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert report["images"] == 8 * 3 + 2 and report["unreadable"] == 2, "every readable test image is analysed"
@@ -388,12 +392,14 @@ def test_system_check_skips_missing_and_bad_test_images(mixed_root: dict, embedd
     summary = out[out.index("bad input(s) skipped:"):]
     assert not _names(summary, _pair_images(mixed_root, "test", "bad") + _pair_images(mixed_root, "test", "missing"))
 
-    error = _strict_error("test_system.py", _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "strict.pt"), capsys)
+    error = _strict_error("test_system.py",
+                          _system_argv(mixed_root, embedder_run, matcher_file, tmp_path / "strict.pt"), capsys)
     assert "pairs.txt:2:" in error and mixed_root["test"]["missing"][0] in error
 
 
 def test_align_skips_unreadable_photos_and_processes_every_valid_one(mixed_root: dict, pretrained_mtcnn: Path,
-                                                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
     source = mixed_root["root"] / "synthetic_faces" / "identities"
     nets = [f"paths.{net}={pretrained_mtcnn / (net + '.pt')}" for net in ("pnet", "rnet", "onet")]
     argv = ["--align", "folder", "--align-src", str(source), "--align-dst", str(tmp_path / "out"),

@@ -108,7 +108,8 @@ def area_resize(flat: Tensor, offsets: Tensor, sizes: Tensor, regions: Tensor, s
     step = max(1, CPU_CHUNK_VALUES // (size * size))
     parts = []
     for i in range(0, max(len(regions_np), 1), step):  # one (empty) pass when there are no regions
-        sums, rows, cols = _region_sums(flat_np, offsets_np[i:i + step], sizes_np[i:i + step], regions_np[i:i + step], size)
+        sums, rows, cols = _region_sums(flat_np, offsets_np[i:i + step], sizes_np[i:i + step], regions_np[i:i + step],
+                                        size)
         parts.append(finish(torch.from_numpy(sums), torch.from_numpy(rows), torch.from_numpy(cols)))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

@@ -24,7 +24,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, kind: str | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; with ``kind`` set, refuse one that holds another kind of model."""
     path = Path(path)
     if not path.is_file():
@@ -43,7 +44,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
     return state
 
 
-def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path, strict: bool = True) -> list[str]:
+def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path,
+                     strict: bool = True) -> list[str]:
     """Load weights with a one-line error on a key or shape mismatch; return the missing keys when not strict."""
     own = model.state_dict()
     wrong_shape = [
@@ -52,7 +54,8 @@ def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path
         if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
     ]
     if wrong_shape:
-        raise DataError(path, f"weights do not fit {type(model).__name__}: shape mismatch in {', '.join(wrong_shape[:3])}")
+        raise DataError(path,
+                        f"weights do not fit {type(model).__name__}: shape mismatch in {', '.join(wrong_shape[:3])}")
     unexpected = sorted(set(state_dict) - set(own))
     missing = sorted(set(own) - set(state_dict))
     if unexpected or (strict and missing):

@@ -19,11 +19,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="JSON file or Python file (defining a dict CONFIG) of overrides, by section; "
                             "a config.json saved beside earlier outputs works too")
     group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="set_items",
-                       help="override one config value, e.g. --set facenet.margin=0.3 (repeatable; applied after --config)")
+                       help="override one config value, e.g. --set facenet.margin=0.3 "
+                            "(repeatable; applied after --config)")
     group.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: runtime.device, 'auto')")
     group.add_argument("--seed", type=int, default=None, help="random seed (default: runtime.seed)")
     group.add_argument("--strict", action="store_true",
-                       help="stop at the first bad input file with a one-line error instead of skipping and counting it")
+                       help="stop at the first bad input file with a one-line error "
+                            "instead of skipping and counting it")
     return parser
 
 
@@ -31,7 +33,8 @@ def add_detector_arg(parser: argparse.ArgumentParser | Any, purpose: str = "") -
     """Add ``--detector DIR``: one folder of pnet.pt, rnet.pt and onet.pt in place of paths.pnet/rnet/onet."""
     parser.add_argument("--detector", metavar="DIR", default=None,
                         help="folder holding pnet.pt, rnet.pt and onet.pt (e.g. the original MTCNN weights), or a "
-                             f"model-zoo entry's name{purpose}; sets paths.pnet/rnet/onet (default: the trained cascade)")
+                             f"model-zoo entry's name{purpose}; sets paths.pnet/rnet/onet "
+                             "(default: the trained cascade)")
 
 
 def detector_overrides(folder: str | Path | None) -> list[str]:
@@ -55,7 +58,8 @@ def config_from_args(args: argparse.Namespace, load: Callable[[str | None, list[
     return load(args.config, items)
 
 
-def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
+        argv: list[str] | None = None) -> int:
     """Parse ``argv``, run ``main``; a ToolkitError becomes one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
     try:

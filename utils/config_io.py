@@ -159,7 +159,8 @@ def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str = "") ->
         current = getattr(config, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{key}' is a section; give its keys, e.g. '{key}.{next(iter(dataclasses.asdict(current)))}'")
+                example = next(iter(dataclasses.asdict(current)))
+                raise ConfigError(f"config key '{key}' is a section; give its keys, e.g. '{key}.{example}'")
             changes[name] = apply_overrides(current, value, prefix=f"{key}.")
         else:
             changes[name] = _coerce(value, hints[name], key)

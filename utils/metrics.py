@@ -68,7 +68,8 @@ def fold_ids(num_pairs: int, folds: int | Sequence[int] | np.ndarray) -> np.ndar
         if not 2 <= folds <= num_pairs:
             raise ValueError(f"need 2..{num_pairs} folds for {num_pairs} pairs, got {folds}")
         # np.array_split sizes: the first (num_pairs % folds) folds get one extra pair.
-        return np.concatenate([np.full(len(part), i) for i, part in enumerate(np.array_split(np.arange(num_pairs), folds))])
+        parts = np.array_split(np.arange(num_pairs), folds)
+        return np.concatenate([np.full(len(part), i) for i, part in enumerate(parts)])
     ids = np.asarray(folds).ravel()
     if ids.shape[0] != num_pairs:
         raise ValueError(f"{num_pairs} pairs but {ids.shape[0]} fold ids")
@@ -197,7 +198,8 @@ class VerificationResult:
     def summary(self) -> str:
         """One line for logs: accuracy +- std over folds, threshold, VAL@FAR, AUC, EER."""
         return (
-            f"accuracy {self.accuracy:.4f} +- {self.accuracy_std:.4f} ({self.num_folds} folds, {self.num_pairs} pairs), "
+            f"accuracy {self.accuracy:.4f} +- {self.accuracy_std:.4f} "
+            f"({self.num_folds} folds, {self.num_pairs} pairs), "
             f"threshold {self.threshold:.4f}, VAL {self.val:.4f} +- {self.val_std:.4f} @ FAR={self.far_target:g} "
             f"(achieved {self.far:.4f}), AUC {self.auc:.4f}, EER {self.eer:.4f}"
         )

@@ -101,7 +101,8 @@ class DetectionEvaluator:
     min_face_size: float = 0.0  # faces (and unmatched detections) with a smaller longer side are ignored
     matches: list[ImageMatch] = field(default_factory=list)
 
-    def add(self, boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, gt_ignore: np.ndarray | None = None) -> ImageMatch:
+    def add(self, boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray,
+            gt_ignore: np.ndarray | None = None) -> ImageMatch:
         """Match one image's detections (x1, y1, x2, y2) against its faces and remember the result."""
         gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
         ignore = np.zeros(len(gt_boxes), dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, dtype=bool).copy()
@@ -182,7 +183,8 @@ def ellipse_rect_iou(rects: np.ndarray, ellipses: np.ndarray, grid: int = 64) ->
 
 
 def fddb_tpr_at_fp(matches: Sequence[ImageMatch], false_positives: Sequence[int] = (1000, 2000)) -> dict[int, float]:
-    """FDDB discrete score: true-positive rate once ``k`` false positives are allowed (the final rate if never reached)."""
+    """FDDB discrete score: true-positive rate once ``k`` false positives are allowed (the final rate if never
+    reached)."""
     scores = np.concatenate([m.scores[~m.ignored] for m in matches]) if matches else np.zeros(0)
     hits = np.concatenate([m.hits[~m.ignored] for m in matches]) if matches else np.zeros(0, bool)
     faces = max(sum(m.faces for m in matches), 1)
@@ -288,7 +290,8 @@ def format_report(report: dict[str, object]) -> list[str]:
     """Readable lines for a ``CascadeEvaluation.report()``: AP, precision, recall, mean IoU, per-stage table."""
     lines = [f"AP@{report['iou_threshold']:.2f} {report['ap']:.4f} ({report['ranked_detections']} ranked detections); "
              f"at score >= {report['operating_threshold']:g}: precision {report['precision']:.4f}  "
-             f"recall {report['recall']:.4f}  mean IoU {report['mean_iou']:.4f}  AP {report['ap_at_operating_threshold']:.4f}  "
+             f"recall {report['recall']:.4f}  mean IoU {report['mean_iou']:.4f}  "
+             f"AP {report['ap_at_operating_threshold']:.4f}  "
              f"({report['faces']} faces >= {report['min_face_size']:g} px, {report['images']} images, "
              f"{report['detections']} detections)"]
     for stage, entry in report["stages"].items():  # type: ignore[union-attr]

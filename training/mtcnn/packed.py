@@ -55,7 +55,8 @@ def shard_is_complete(store: str | Path, name: str) -> bool:
     return (Path(store) / f"{name}.json").is_file()
 
 
-def write_shard(store: str | Path, name: str, samples: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_shard(store: str | Path, name: str, samples: Mapping[str, np.ndarray],
+                info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write one shard atomically (arrays first, the JSON marker last); return the marker's content."""
     store = Path(store)
     count = len(samples["kinds"])
@@ -71,7 +72,8 @@ def write_shard(store: str | Path, name: str, samples: Mapping[str, np.ndarray],
     return marker
 
 
-def write_manifest(store: str | Path, size: int, shard_names: Sequence[str], settings: Mapping[str, Any]) -> dict[str, Any]:
+def write_manifest(store: str | Path, size: int, shard_names: Sequence[str],
+                   settings: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``manifest.json`` listing the (complete) shards in order, with per-type totals and ``settings``."""
     store = Path(store)
     shards = []
@@ -119,7 +121,8 @@ class PackedSamples(torch.utils.data.Dataset):
         self.kinds = np.concatenate([self._load(name, "kinds", mmap=False) for name in self.shard_names]) \
             if self.shard_names else np.zeros(0, dtype=np.int8)
         if len(self.kinds) != self.offsets[-1]:
-            raise DataError(self.store, f"manifest lists {self.offsets[-1]} samples but the shards hold {len(self.kinds)}")
+            raise DataError(self.store,
+                            f"manifest lists {self.offsets[-1]} samples but the shards hold {len(self.kinds)}")
 
     def _load(self, name: str, array: str, mmap: bool = True) -> np.ndarray:
         path = self.store / f"{name}.{array}.npy"

@@ -96,7 +96,8 @@ def target_frame(regions: np.ndarray, size: int) -> tuple[torch.Tensor, bool]:
     return torch.stack([r[:, 0] + 1, r[:, 1] + 1, r[:, 2], r[:, 3]], dim=1), True
 
 
-def encode_targets(frames: torch.Tensor, inclusive: bool, faces: np.ndarray, points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_targets(frames: torch.Tensor, inclusive: bool, faces: np.ndarray,
+                   points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Box targets [C, 4] (and landmark targets [C, 10], zeros without ``points``) of faces seen in ``frames``."""
     faces_t = torch.as_tensor(np.asarray(faces, dtype=np.float64).reshape(-1, 4))
     boxes = box_regression_targets(frames, faces_t, inclusive=inclusive).float().numpy()
@@ -106,7 +107,8 @@ def encode_targets(frames: torch.Tensor, inclusive: bool, faces: np.ndarray, poi
     return boxes, encode_landmarks(frames, points_t, inclusive=inclusive).float().numpy()
 
 
-def mirror_geometry(regions: np.ndarray, boxes: np.ndarray, points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def mirror_geometry(regions: np.ndarray, boxes: np.ndarray,
+                    points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Boxes (and points) as they appear in horizontally mirrored crops of ``regions`` (left/right points swapped)."""
     regions = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
     axis = (regions[:, 0] + regions[:, 2])[:, None]
@@ -191,7 +193,8 @@ class IouRule:
         return cls(config.iou_negative, config.iou_part, config.iou_positive)
 
 
-def label_crops(crops: np.ndarray, faces: np.ndarray, all_boxes: np.ndarray, rule: IouRule) -> tuple[np.ndarray, np.ndarray]:
+def label_crops(crops: np.ndarray, faces: np.ndarray, all_boxes: np.ndarray,
+                rule: IouRule) -> tuple[np.ndarray, np.ndarray]:
     """Label crops by IoU: kinds int8 [C] (-1 = discarded) and the index of the nearest usable face [C].
 
     ``faces`` are the usable faces (positives and parts come from them); a negative must also stay below
@@ -249,7 +252,8 @@ class FaceCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def select_faces(item: DetectionItem, width: int, height: int, min_face_size: float) -> tuple[np.ndarray, np.ndarray, FaceCounts, list[str]]:
+def select_faces(item: DetectionItem, width: int, height: int,
+                 min_face_size: float) -> tuple[np.ndarray, np.ndarray, FaceCounts, list[str]]:
     """Split an image's boxes into usable faces and the boxes negatives must avoid; count and explain the rest.
 
     Returns (faces [F, 4], avoid [A, 4] clipped to the image, counts, problems): a box that is not inside
@@ -330,7 +334,8 @@ def detection_samples(image: np.ndarray, faces: np.ndarray, avoid: np.ndarray, s
     return concat_samples(samples, size)
 
 
-def _rotated_patch(image: np.ndarray, box: np.ndarray, points: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rotated_patch(image: np.ndarray, box: np.ndarray, points: np.ndarray,
+                   angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A square patch around the face rotated by ``angle`` degrees about its centre; box and points in patch pixels."""
     cx, cy = round((box[0] + box[2]) / 2), round((box[1] + box[3]) / 2)  # whole pixels: angle 0 is an exact copy
     w, h = box[2] - box[0], box[3] - box[1]
