@@ -62,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", metavar="FILE", default=None,
                         help="with --test-only: LFW-format pairs file (default: facenet.val_pairs)")
     parser.add_argument("--images", metavar="DIR", default=None,
-                        help="with --test-only: aligned images in the LFW layout for --pairs (default: facenet.val_images)")
+                        help="with --test-only: aligned images in the LFW layout for --pairs "
+                             "(default: facenet.val_images)")
     parser.add_argument("--flip", action="store_true",
                         help="horizontal-flip test-time augmentation in validation and --test-only (facenet.val_flip)")
     parser.add_argument("--workers", type=int, default=None,
@@ -118,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
         cleanup_distributed()
 
 
-def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInfo, log: BadInputLog, workers: int) -> int:
+def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInfo, log: BadInputLog,
+          workers: int) -> int:
     """The training run: data, model, the engine's epochs with validation and checkpoints, final report."""
     cfg = config.facenet
     started = time.perf_counter()
@@ -140,8 +142,10 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     if session.checkpoint is None and not cfg.pretrained:
         calibrate_batchnorm(unwrap(trainer.model), batches.loader, dist.device, cfg)
     task = TripletTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), pairs, log, run_dir)
-    session.logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities ({training_side(config)} "
-                        f"px -> {cfg.input_size} px inputs), {cfg.backbone} {cfg.embedding_size}-d, {cfg.mining} mining, "
+    session.logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities "
+                        f"({training_side(config)} px -> {cfg.input_size} px inputs), "
+                        f"{cfg.backbone} {cfg.embedding_size}-d, "
+                        f"{cfg.mining} mining, "
                         f"margin {cfg.margin}; {len(sampler)} steps/epoch x {cfg.epochs} epochs; "
                         + (f"validation: {pairs.describe()}" if pairs is not None else ""))
     state = trainer.fit(task)

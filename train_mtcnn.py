@@ -75,7 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="worker processes for sample generation, "
                         "image decoding and data loading (default: runtime.workers)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads in this process (default: torch's choice; 1 is fastest on a busy machine)")
+                        help="torch CPU threads in this process "
+                             "(default: torch's choice; 1 is fastest on a busy machine)")
     parser.add_argument("--skip-nonfinite", action="store_true",
                         help="skip batches whose loss is NaN/inf instead of stopping")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after each stage")
@@ -117,7 +118,8 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
                           persistent_workers=loader_workers > 0)
     trainer = Trainer(model, OptimSettings.of(cfg), batches, dist_info=dist, run=session, amp=config.runtime.amp,
                       skip_nonfinite=args.skip_nonfinite)
-    task = StageTask(trainer, stage, config, MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, m.ohem_ratio),
+    task = StageTask(trainer, stage, config,
+                     MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, m.ohem_ratio),
                      MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, 1.0), val_set)
     logger.info(f"[{stage}] {len(train_set):,} training samples {train_set.counts()}, {len(val_set):,} validation; "
                 f"{len(sampler)} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size} "

@@ -7,9 +7,9 @@ Run from the repo root (``--config``/``--set`` as for every script: the data pat
     .venv/bin/python -m bench.bench_facenet embed --backbone both
     .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
-``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device augmentation, triplet
-mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of the
-same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
+``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device augmentation,
+triplet mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of
+the same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
 from other processes distorts the ratio least), per wall-clock second and per CPU second of this process
 (on a shared machine the CPU-time ratio is the steadier one; with DataLoader workers, wall time is the
 honest one). Training crops come from ``facenet.train_images`` when they
@@ -115,7 +115,7 @@ class _Clock:
         self.device = device
         self.wall = self.cpu = 0.0
 
-    def __enter__(self) -> "_Clock":
+    def __enter__(self) -> _Clock:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
@@ -222,7 +222,8 @@ def compare(config: Config, args: argparse.Namespace, device: torch.device) -> l
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(format(row[key], spec) if spec else str(row[key]) for _, key, spec in columns) + " |")
+        lines.append("| " + " | ".join(format(row[key], spec) if spec else str(row[key]) for _, key, spec in columns)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -240,13 +241,15 @@ def main(args: argparse.Namespace) -> int:
         print(_table(rows, [("backbone", "backbone", ""), ("input", "input", "d"), ("batch", "batch", "d"),
                             ("loop img/s", "loop_images_per_s", ".1f"), ("bare img/s", "bare_images_per_s", ".1f"),
                             ("loop / bare", "ratio", ".3f"), ("loop img/CPU-s", "loop_images_per_cpu_s", ".1f"),
-                            ("bare img/CPU-s", "bare_images_per_cpu_s", ".1f"), ("loop / bare (CPU)", "cpu_ratio", ".3f")]))
+                            ("bare img/CPU-s", "bare_images_per_cpu_s", ".1f"),
+                            ("loop / bare (CPU)", "cpu_ratio", ".3f")]))
         print("data: " + "; ".join(f"{r['backbone']}: {r['data']}" for r in rows))
     elif args.what == "embed":
         rows = [embed_rate(config, b, args, device) for b in backbones]
         print(_table(rows, [("backbone", "backbone", ""), ("input", "input", "d"), ("batch", "batch", "d"),
                             ("img/s", "images_per_s", ".1f"), ("img/s with flip TTA", "flip_images_per_s", ".1f"),
-                            ("img/CPU-s", "images_per_cpu_s", ".1f"), ("img/CPU-s with flip", "flip_images_per_cpu_s", ".1f")]))
+                            ("img/CPU-s", "images_per_cpu_s", ".1f"),
+                            ("img/CPU-s with flip", "flip_images_per_cpu_s", ".1f")]))
     else:
         rows = compare(config, args, device)
         print(_table(rows, [("method", "method", ""), ("accuracy", "accuracy", ".4f"), ("std", "accuracy_std", ".4f"),

@@ -13,8 +13,8 @@ Both show the same framing: the training crop's margin is the evaluation margin 
 folder's ``.align_progress.tsv`` with their crops present) are skipped, so an interrupted run resumes.
 Photos with no face, with several faces, and unreadable files are counted and listed in
 ``align_report.json`` (and the first of each named on the console), as are identity folders left out
-(empty, or links not followed) with the reason. A training set can hand ``holdout`` identities to an evaluation split in the LFW
-layout, with an identity-disjoint View-2 pairs file over them.
+(empty, or links not followed) with the reason. A training set can hand ``holdout`` identities to an evaluation split
+in the LFW layout, with an identity-disjoint View-2 pairs file over them.
 """
 from __future__ import annotations
 
@@ -287,7 +287,8 @@ class AlignJob:
     holdout: int = 0
 
 
-def align_jobs(dataset: str, config: Config, src: str | Path | None = None, dst: str | Path | None = None) -> list[AlignJob]:
+def align_jobs(dataset: str, config: Config, src: str | Path | None = None,
+               dst: str | Path | None = None) -> list[AlignJob]:
     """The alignment jobs of a named dataset: sources from the config's paths (or ``src``), outputs under
     ``dst`` (default ``paths.aligned`` for the synthetic set, ``<data_root>/aligned/<dataset>`` otherwise)."""
     if dataset not in ALIGN_DATASETS:
@@ -296,9 +297,12 @@ def align_jobs(dataset: str, config: Config, src: str | Path | None = None, dst:
     out = Path(dst) if dst else (config.path("aligned") if dataset == "synthetic" else data_root / "aligned" / dataset)
     holdout = config.align.holdout_identities
     if dataset == "synthetic":
-        return [AlignJob("train", Path(src) if src else config.path("identities"), out / "train", "train", holdout=holdout),
-                AlignJob("lfw_val", config.path("val_images"), out / "lfw_val" / "images", "eval", config.path("val_pairs")),
-                AlignJob("lfw_test", config.path("test_images"), out / "lfw_test" / "images", "eval", config.path("test_pairs"))]
+        return [AlignJob("train", Path(src) if src else config.path("identities"), out / "train", "train",
+                         holdout=holdout),
+                AlignJob("lfw_val", config.path("val_images"), out / "lfw_val" / "images", "eval",
+                         config.path("val_pairs")),
+                AlignJob("lfw_test", config.path("test_images"), out / "lfw_test" / "images", "eval",
+                         config.path("test_pairs"))]
     if dataset == "lfw":
         root = Path(src) if src else config.path("lfw")
         images = root / "images" if (root / "images").is_dir() else root
@@ -309,7 +313,8 @@ def align_jobs(dataset: str, config: Config, src: str | Path | None = None, dst:
     elif dataset == "folder":
         raise ConfigError("--align folder needs --align-src (an identity-folder tree or a .rec file)")
     else:
-        folders = {"vggface2": "VGGFace2", "casia_webface": "CASIA-WebFace", "ms_celeb_1m": "MS-Celeb-1M", "celeba": "CelebA"}
+        folders = {"vggface2": "VGGFace2", "casia_webface": "CASIA-WebFace", "ms_celeb_1m": "MS-Celeb-1M",
+                   "celeba": "CelebA"}
         base = data_root / folders[dataset]
         source = next((c for c in (base / "train.rec", base / "train", base / "identities") if c.exists()), base)
     if source.is_dir() and (source / "train.rec").is_file():
@@ -366,7 +371,8 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
 
 
 def align_dataset(dataset: str, config: Config, src: str | Path | None = None, dst: str | Path | None = None, *,
-                  workers: int = 0, show_progress: bool = True, print_fn: Callable[[str], None] = print) -> list[AlignReport]:
+                  workers: int = 0, show_progress: bool = True,
+                  print_fn: Callable[[str], None] = print) -> list[AlignReport]:
     """``prepare_training_data.py --align DATASET``: every job of the dataset, with the configured detector."""
     jobs = align_jobs(dataset, config, src, dst)
     detector = detector_for_alignment(config, select_device(config.runtime.device))

@@ -32,8 +32,8 @@ class IdentityFolder:
 
     Identities with fewer than ``min_images`` images are left out and listed in ``dropped``
     (name -> image count); links not followed and folders that cannot be read are in ``skipped`` (path
-    relative to the root -> reason); :meth:`left_out` names both, by path. A missing or empty root, or one where every identity is dropped,
-    is a DataError.
+    relative to the root -> reason); :meth:`left_out` names both, by path. A missing or empty root, or one where every
+    identity is dropped, is a DataError.
     """
 
     def __init__(self, root: str | Path, min_images: int = 1,

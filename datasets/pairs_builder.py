@@ -69,7 +69,8 @@ def make_pairs(images_root: str | Path, folds: int, pairs_per_fold: int, seed: i
     root = Path(images_root)
     rng = np.random.default_rng([seed, 1972])
     members = _fold_members(list_lfw_images(root), folds, split, rng)
-    same_candidates = [[(n, i, j) for n, numbers in group.items() for a, i in enumerate(numbers) for j in numbers[a + 1:]]
+    same_candidates = [[(n, i, j) for n, numbers in group.items() for a, i in enumerate(numbers)
+                        for j in numbers[a + 1:]]
                        for group in members]
     diff_counts = [sum(len(group[a]) * len(group[b]) for x, a in enumerate(group) for b in list(group)[x + 1:])
                    for group in members]

@@ -163,7 +163,8 @@ def write_checked(path: Path, data: bytes, check: Callable[[Path], dict[str, Any
 
 
 def write_sidecar(onnx_path: Path, kind: str, source: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """Write ``NAME.json`` beside ``NAME.onnx``: kind, hashes of the file and of its source checkpoint, versions, ``extra``."""
+    """Write ``NAME.json`` beside ``NAME.onnx``: kind, hashes of the file and of its source checkpoint, versions,
+    ``extra``."""
     meta = {"format": SIDECAR_FORMAT, "kind": kind, "file": onnx_path.name, "onnx_sha256": sha256_file(onnx_path),
             "source": str(source), "source_sha256": sha256_file(source), "versions": export_versions(), **extra}
     atomic_write_text(sidecar_path(onnx_path), json.dumps(meta, indent=2) + "\n")
@@ -199,11 +200,13 @@ def compare_mtcnn(net: nn.Module, onnx_file: Path, batches: Sequence[Tensor], th
             values = session.run(names, {INPUT_NAME: x.numpy()})
             got = {name: torch.from_numpy(v) for name, v in zip(names, values)}
             if set(got) != set(reference):
-                raise ExportCheckError(f"{onnx_file.name}: outputs {sorted(got)} differ from PyTorch's {sorted(reference)}")
+                raise ExportCheckError(f"{onnx_file.name}: outputs {sorted(got)} differ from PyTorch's "
+                                       f"{sorted(reference)}")
             for name, diff in max_abs_differences(reference, got).items():
                 worst[name] = max(worst.get(name, 0.0), diff)
     shapes = sorted({tuple(b.shape[1:]) for b in batches})
-    return {"batches": len(batches), "inputs": int(sum(len(b) for b in batches)), "input_shapes": [list(s) for s in shapes],
+    return {"batches": len(batches), "inputs": int(sum(len(b) for b in batches)),
+            "input_shapes": [list(s) for s in shapes],
             "max_abs_diff": worst}
 
 
@@ -215,7 +218,8 @@ def compare_embedder(model: Embedder, onnx_file: Path, faces: Tensor, threads: i
         reference = model.eval()(x)
     got = torch.from_numpy(session.run([EMBEDDER_OUTPUT], {INPUT_NAME: x.numpy()})[0])
     cosine = (reference * got).sum(dim=1) / (reference.norm(dim=1) * got.norm(dim=1)).clamp(min=1e-12)
-    return {"faces": len(faces), "max_abs_diff": max_abs_differences({EMBEDDER_OUTPUT: reference}, {EMBEDDER_OUTPUT: got}),
+    return {"faces": len(faces),
+            "max_abs_diff": max_abs_differences({EMBEDDER_OUTPUT: reference}, {EMBEDDER_OUTPUT: got}),
             "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
 
 
@@ -404,19 +408,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_mtcnn_net(name: str, source: str | Path, out_dir: Path, batches: Sequence[Tensor], detector_config: dict[str, Any],
-                     tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET, threads: int = 0) -> dict[str, Any]:
+def export_mtcnn_net(name: str, source: str | Path, out_dir: Path, batches: Sequence[Tensor],
+                     detector_config: dict[str, Any], tolerance: float = DEFAULT_TOLERANCE,
+                     opset: int = DEFAULT_OPSET, threads: int = 0) -> dict[str, Any]:
     """Export one MTCNN net from its weights ``source`` (file or folder) to ``out_dir/NAME.onnx``, checked on
     ``batches`` (real inputs of that net); returns the sidecar it wrote."""
     net = load_net(source, name).eval()
     size = NET_INPUT_SIZE[name]
     if name == "pnet":
-        example, dynamic = torch.zeros(2, 3, 3 * size, 4 * size), {0: ("batch", 1), 2: ("height", size), 3: ("width", size)}
+        example, dynamic = (torch.zeros(2, 3, 3 * size, 4 * size),
+                            {0: ("batch", 1), 2: ("height", size), 3: ("width", size)})
     else:
         example, dynamic = torch.zeros(2, 3, size, size), {0: ("batch", 1)}
     data = export_bytes(NamedOutputs(net), example, mtcnn_output_names(net), dynamic, opset)
     path = out_dir / ONNX_FILES[name]
-    check = write_checked(path, data, lambda tmp: check_within(compare_mtcnn(net, tmp, batches, threads), tolerance, path.name))
+    check = write_checked(path, data,
+                          lambda tmp: check_within(compare_mtcnn(net, tmp, batches, threads), tolerance, path.name))
     axes = ["batch", 3, "height", "width"] if name == "pnet" else ["batch", 3, size, size]
     return write_sidecar(path, name, resolve_weights(source, name), {
         "precision": "fp32", "opset": opset, "inputs": {INPUT_NAME: axes}, "outputs": mtcnn_output_names(net),
@@ -440,7 +447,8 @@ def embedder_faces(images: Sequence[np.ndarray], detections: Sequence[Detections
 
 
 def export_embedder(model: Embedder, arch: dict[str, Any], checkpoint: Path, out_dir: Path, faces: Tensor,
-                    tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET, threads: int = 0) -> dict[str, Any]:
+                    tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
+                    threads: int = 0) -> dict[str, Any]:
     """Export the embedder of ``checkpoint`` (``model`` with its ``arch`` record) to ``out_dir/embedder.onnx``
     (pixels 0..255 in, unit embeddings out), checked on ``faces``; returns the sidecar it wrote."""
     side = model.input_size
@@ -468,13 +476,15 @@ def export_embedder_int8(model: Embedder, checkpoint: Path, out_dir: Path, calib
         check = compare_embedder(model, staged, faces, threads)
         if not check["min_cosine"] >= min_cosine:
             raise ExportCheckError(f"{path.name}: lowest cosine similarity to PyTorch {check['min_cosine']:.4f} < "
-                                   f"{min_cosine} (try --calibration-method or more --calibration-count); nothing was written")
+                                   f"{min_cosine} (try --calibration-method or more --calibration-count); "
+                                   f"nothing was written")
         check["min_cosine_required"] = min_cosine
         write_checked(path, staged.read_bytes(), lambda _: check)
     return write_sidecar(path, "embedder", checkpoint, {
         "precision": "int8", "opset": meta.get("opset"), "inputs": meta["inputs"], "outputs": meta["outputs"],
         "input_scale": meta["input_scale"], "embedder": meta["embedder"], "quantized_from": fp32.name,
-        "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
+        "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                         "weights": "int8 per-channel",
                          "activations": "uint8", "calibration_method": method, "calibration_images": len(calibration),
                          "calibration_source": calibration_source},
         "check": check})
@@ -484,7 +494,8 @@ def _format_check(meta: dict[str, Any]) -> str:
     """One report line of a sidecar's check."""
     check = meta["check"]
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in check["max_abs_diff"].items())
-    what = f"{check['faces']} faces" if "faces" in check else f"{check['inputs']} inputs in {check['batches']} batch(es)"
+    what = (f"{check['faces']} faces" if "faces" in check
+            else f"{check['inputs']} inputs in {check['batches']} batch(es)")
     extra = f", min cosine {check['min_cosine']:.5f}" if "min_cosine" in check else ""
     return f"  {meta['file']:<20} {meta['precision']:<5} max |onnx - torch|: {diffs}{extra} ({what})"
 
@@ -505,7 +516,8 @@ def main(args: argparse.Namespace) -> int:
     mtcnn_sources = {name: config.path(name) for name in NET_NAMES}
     detector = FaceDetector.from_checkpoints(*mtcnn_sources.values(), settings=settings, device="cpu")
     batches, detections = cascade_inputs(detector, images)
-    print(f"checking on {len(photos)} photos ({sum(len(d) for d in detections)} faces found by PyTorch), e.g. {photos[0]}")
+    print(f"checking on {len(photos)} photos ({sum(len(d) for d in detections)} faces found by PyTorch), "
+          f"e.g. {photos[0]}")
     written = []
     detector_record = {k: v for k, v in dataclasses.asdict(config.detector).items() if k != "backend"}
     for name in NET_NAMES:
@@ -518,9 +530,11 @@ def main(args: argparse.Namespace) -> int:
                                                       backend="onnx")
         same = compare_detections(detections, [d.to("cpu") for d in onnx_detector.detect(images)])
         print(f"  cascade on ONNX Runtime: {same['faces_candidate']} faces vs {same['faces_reference']} with PyTorch, "
-              f"{same['unmatched']} without a partner at IoU >= {BOX_IOU}, landmarks {same['landmark_distance']:.2g} px apart")
+              f"{same['unmatched']} without a partner at IoU >= {BOX_IOU}, "
+              f"landmarks {same['landmark_distance']:.2g} px apart")
         if same["unmatched"]:
-            raise ExportCheckError(f"the ONNX cascade in {out_dir} finds other faces than PyTorch's on the check photos")
+            raise ExportCheckError(f"the ONNX cascade in {out_dir} finds other faces than PyTorch's "
+                                   f"on the check photos")
     if "embedder" in args.nets:
         checkpoint = Path(args.embedder) if args.embedder else config.path("embedder")
         model, arch = load_embedder_for_export(checkpoint)

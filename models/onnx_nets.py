@@ -90,7 +90,8 @@ def providers_for(device: torch.device | str | None) -> list[str]:
     """Execution providers for ``device``: CUDA first when asked for and present in this onnxruntime, then CPU."""
     ort = require("onnxruntime")
     wanted = ["CPUExecutionProvider"]
-    if device is not None and torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if (device is not None and torch.device(device).type == "cuda"
+            and "CUDAExecutionProvider" in ort.get_available_providers()):
         wanted.insert(0, "CUDAExecutionProvider")
     return wanted
 
@@ -109,7 +110,8 @@ def make_session(path: str | Path, threads: int = 0, device: torch.device | str 
     try:
         return ort.InferenceSession(str(path), options, providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid models
-        raise DataError(path, f"onnxruntime cannot load this model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise DataError(path, f"onnxruntime cannot load this model "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
 def _numpy_input(x: Tensor) -> np.ndarray:
@@ -188,7 +190,7 @@ class OnnxEmbedder:
         ``device`` is accepted for interface parity; the session's providers decide where it runs."""
         return embed_in_batches(self, images, self.input_size, self.embedding_size, batch_size, flip)
 
-    def eval(self) -> "OnnxEmbedder":
+    def eval(self) -> OnnxEmbedder:
         """Nothing to switch (an exported graph is inference-only); returns self, as ``nn.Module.eval`` does."""
         return self
 

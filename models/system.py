@@ -172,7 +172,8 @@ def read_embedder(path: Path, device: torch.device) -> tuple[Embedder, AlignSett
 def recorded_align(cut: Any) -> AlignSettings | None:
     """The face cut an embedder's ``align`` record describes (None when it records none); KeyError/ValueError when
     the record is incomplete."""
-    return None if not isinstance(cut, dict) else AlignSettings(int(cut["size"]), float(cut["margin"]), str(cut["method"]))
+    return None if not isinstance(cut, dict) else AlignSettings(int(cut["size"]), float(cut["margin"]),
+                                                                str(cut["method"]))
 
 
 def open_embedder(path: Path, device: torch.device, fp16: bool = False
@@ -264,8 +265,9 @@ class FaceRecognitionSystem:
         return cls(face_detector, model, sha, matcher=loaded_matcher, gallery=loaded_gallery, align=align, **options)
 
     @classmethod
-    def from_config(cls, config: Config, *, embedder: str | Path | None = None, matcher: str | Path | bool | None = True,
-                    gallery: str | Path | None = None, aligned_input: bool = False) -> FaceRecognitionSystem:
+    def from_config(cls, config: Config, *, embedder: str | Path | None = None,
+                    matcher: str | Path | bool | None = True, gallery: str | Path | None = None,
+                    aligned_input: bool = False) -> FaceRecognitionSystem:
         """The system of ``config``: P/R/O-Net, embedder and matcher from ``config.paths`` (each overridable
         here; ``matcher`` None/False: none, True: ``paths.matcher``), settings from the detector and system
         sections. ``aligned_input`` skips detection (the inputs are aligned face crops)."""

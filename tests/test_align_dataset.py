@@ -17,8 +17,8 @@ from datasets.align_dataset import (
     align_jobs,
     choose_face,
     framing_margins,
-    list_photos,
     hold_out_identities,
+    list_photos,
 )
 from datasets.lfw import read_pairs, write_pairs
 from datasets.pairs_builder import make_pairs
@@ -49,7 +49,8 @@ def test_face_choice_rules() -> None:
 def test_training_crop_centre_is_the_evaluation_crop() -> None:
     rng = np.random.default_rng(0)
     image = (rng.random((200, 200, 3)) * 255).astype(np.uint8)
-    image = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(image).permute(2, 0, 1).float()[None], 5, 1, 2)[0]
+    image = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(image).permute(2, 0, 1).float()[None],
+                                                      5, 1, 2)[0]
                        .permute(1, 2, 0)).astype(np.uint8)  # smooth, so resampling differences stay small
     points = torch.tensor([[[80.0, 90.0], [120.0, 88.0], [100.0, 110.0], [84.0, 130.0], [118.0, 129.0]]])
     train_margin, eval_margin = framing_margins(91, 80, 6.0)
@@ -134,7 +135,8 @@ def test_align_real_photos_reports_and_resumes(tmp_path: Path, shared_data: Path
 
     first = {p: p.stat().st_mtime_ns for p in (dst / "train").rglob("*.jpg")}
     (dst / "train" / crops[0]).unlink()
-    assert _align(tmp_path, pretrained_mtcnn, "--align", "folder", "--align-src", str(src), "--align-dst", str(dst)) == 0
+    assert _align(tmp_path, pretrained_mtcnn, "--align", "folder", "--align-src", str(src),
+                  "--align-dst", str(dst)) == 0
     again = json.loads((dst / "train" / REPORT_FILE).read_text())
     assert again["resumed"] == 6 and again["aligned"] == 5 and len(again["no_face"]) == 1
     assert (dst / "train" / crops[0]).is_file(), "the missing crop was made again"

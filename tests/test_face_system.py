@@ -230,8 +230,8 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     embedder = save_embedder(runs / "facenet" / "best.pt", seed=0)
     common = ["--device", "cpu", "--set", f"paths.runs_dir={runs}", "--set", "align.eval_size=48",
               *[f"--set=paths.{n}={pretrained_mtcnn / (n + '.pt')}" for n in ("pnet", "rnet", "onet")]]
-    code = run_script("train_matching.py", ["--pairs", str(pairs), "--set", "matching.pairs_per_identity=4", "--set", "matching.calibration_folds=2",
-                *common])
+    code = run_script("train_matching.py", ["--pairs", str(pairs), "--set", "matching.pairs_per_identity=4",
+                                            "--set", "matching.calibration_folds=2", *common])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "threshold (cosine)" in out and "classifier (logistic, sigmoid)" in out and "kept " in out
@@ -242,16 +242,18 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     for png in ("roc.png", "scores_threshold.png", "scores_classifier.png"):
         assert read_image(runs / "facenet" / "matching" / png).shape[2] == 3
 
-    system_args = ["--pairs", str(pairs), "--set", "system.unknown_fraction=0.25", "--set", "system.gallery_images_per_identity=2",
-                   *common]
-    zero_floors = [f"--set=system.{k}=0" for k in ("min_detection_recall", "min_verification_accuracy",
-                                                   "min_identification_top1")] + ["--set=system.max_impostor_accept_rate=1"]
+    system_args = ["--pairs", str(pairs), "--set", "system.unknown_fraction=0.25",
+                   "--set", "system.gallery_images_per_identity=2", *common]
+    zero_floors = ([f"--set=system.{k}=0" for k in ("min_detection_recall", "min_verification_accuracy",
+                                                    "min_identification_top1")]
+                   + ["--set=system.max_impostor_accept_rate=1"])
     distractors = tmp_path / "distractors"
     for person in ("Serena_Williams", "John_Ashcroft", "Jean_Chretien"):
         for source in lfw_images(lfw12, person, 2):
             (distractors / person).mkdir(parents=True, exist_ok=True)
             (distractors / person / source.name).write_bytes(source.read_bytes())
-    code = run_script("test_system.py", system_args + zero_floors + ["--distractors", str(distractors), "--set=system.distractor_identities=2"])
+    code = run_script("test_system.py", system_args + zero_floors + ["--distractors", str(distractors),
+                                                                     "--set=system.distractor_identities=2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for line in ("images read", "faces detected", "alignment failures", "verification accuracy",
@@ -266,8 +268,9 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     report = json.loads((runs / "system" / "report.json").read_text())
     assert report["identification"]["known_probes"] == 6 and report["identification"]["unknown_probes"] == 6
 
-    code = run_script("test_system.py", system_args + ["--set=system.min_verification_accuracy=1", "--set=system.max_impostor_accept_rate=0",
-                              "--gallery", str(tmp_path / "other_gallery.pt")])
+    code = run_script("test_system.py", system_args + ["--set=system.min_verification_accuracy=1",
+                                                       "--set=system.max_impostor_accept_rate=0",
+                                                       "--gallery", str(tmp_path / "other_gallery.pt")])
     captured = capsys.readouterr()
     assert code == 1
     failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
@@ -308,10 +311,12 @@ def test_reliability_test_system_names_who_it_cannot_enrol_and_what_it_left_out(
     ThresholdMatcher(threshold=0.5, embedding_size=32).save(runs / "facenet" / "matcher.json", sha256_file(embedder))
     floors = [f"--set=system.{k}=0" for k in ("min_detection_recall", "min_verification_accuracy",
                                               "min_identification_top1")] + ["--set=system.max_impostor_accept_rate=1"]
-    code = run_script("test_system.py", ["--identities", str(people), "--device", "cpu", "--set", f"paths.runs_dir={runs}",
+    code = run_script("test_system.py", ["--identities", str(people), "--device", "cpu",
+                                         "--set", f"paths.runs_dir={runs}",
                                          "--set", "align.eval_size=48", "--set=system.unknown_fraction=0",
                                          "--set=system.gallery_images_per_identity=1", *floors,
-                                         *[f"--set=paths.{n}={pretrained_mtcnn / (n + '.pt')}" for n in ("pnet", "rnet", "onet")]])
+                                         *[f"--set=paths.{n}={pretrained_mtcnn / (n + '.pt')}"
+                                           for n in ("pnet", "rnet", "onet")]])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((runs / "system" / "report.json").read_text())
@@ -321,4 +326,5 @@ def test_reliability_test_system_names_who_it_cannot_enrol_and_what_it_left_out(
     assert report["images_without_face"] == [str(blank)]
     assert report["identities_left_out"] == {str(people / "Empty"): f"no images ({', '.join(IMAGE_EXTENSIONS)})"}
     assert "not enrolled: Nobody (none of 1 gallery image(s) gave a usable face); 2 probe(s) left out" in out
-    assert f"images without a face: {blank}" in out and f"left out of the test set: {people / 'Empty'} (no images" in out
+    assert (f"images without a face: {blank}" in out
+            and f"left out of the test set: {people / 'Empty'} (no images" in out)

@@ -42,11 +42,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _align_list(list_path: Path, out_root: Path, size: int, margin: float, rename: bool) -> None:
-    """Write crops of every face in a landmark list, aligned by its true landmarks (the detector is tested elsewhere)."""
+    """Write crops of every face in a landmark list, aligned by its true landmarks (the detector is tested
+    elsewhere)."""
     for face in read_landmark_list(list_path):
         source = landmark_image_path(list_path, face)
         crop = align_faces(read_image(source), torch.tensor(face.landmarks)[None], size=size, margin=margin)[0]
-        target = out_root / source.parent.name / source.name if rename else out_root / source.relative_to(list_path.parent / "identities")
+        target = (out_root / source.parent.name / source.name if rename
+                  else out_root / source.relative_to(list_path.parent / "identities"))
         write_image(target, crop.permute(1, 2, 0).numpy())
 
 
@@ -62,7 +64,8 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         cv2.setNumThreads(threads)
     train_margin, eval_margin = framing_margins(TRAIN_SIZE, EVAL_SIZE, 0.0)
-    _align_list(root / "synthetic" / "identity_landmarks.txt", root / "aligned" / "train", TRAIN_SIZE, train_margin, False)
+    _align_list(root / "synthetic" / "identity_landmarks.txt", root / "aligned" / "train", TRAIN_SIZE, train_margin,
+                False)
     val = root / "synthetic" / "lfw_val"
     _align_list(val / "landmarks.txt", root / "aligned" / "lfw_val" / "images", EVAL_SIZE, eval_margin, True)
     (root / "aligned" / "lfw_val" / "pairs.txt").write_bytes((val / "pairs.txt").read_bytes())
@@ -147,7 +150,8 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
     resumed = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["model"]
     assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight), "the resumed run ends where the unbroken one does"
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight), \
+        "the resumed run ends where the unbroken one does"
     assert [r["epoch"] for r in _rows(tmp_path / "broken" / "metrics_train.csv")] == ["1", "2"]
 
 
@@ -179,7 +183,8 @@ def test_augment_crops_flips_and_jitters_on_the_batch() -> None:
     centre = augment(images, 4, random_crop=False, flip=False)
     assert torch.equal(centre, images[:, :, 1:5, 1:5].float())
     flips = torch.stack([augment(images[:1], 6, random_crop=False, flip=True) for _ in range(20)])
-    assert any(torch.equal(f[0], images[0].float().flip(-1)) for f in flips) and any(torch.equal(f[0], images[0].float()) for f in flips)
+    assert (any(torch.equal(f[0], images[0].float().flip(-1)) for f in flips)
+            and any(torch.equal(f[0], images[0].float()) for f in flips))
     jittered = augment(images, 6, random_crop=False, flip=False, jitter=0.4)
     assert jittered.min() >= 0 and jittered.max() <= 255 and not torch.equal(jittered, images.float())
 

@@ -188,7 +188,8 @@ def test_mtcnn_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
 def test_mtcnn_skip_flag_skips_an_infinite_loss_batch_and_finishes(
         data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _poison_mtcnn_loss(monkeypatch, MTCNN_STEPS + 3, math.inf)
-    with pytest.warns(RuntimeWarning, match=rf"skipped a batch with a non-finite loss \(inf\) at epoch 2, step {MTCNN_STEPS + 2}"):
+    with pytest.warns(RuntimeWarning, match=rf"skipped a batch with a non-finite loss \(inf\) at epoch 2, "
+                                            rf"step {MTCNN_STEPS + 2}"):
         assert _mtcnn(data_root, tmp_path, "--skip-nonfinite") == 0
     rows = _rows(tmp_path / "pnet" / "metrics_train.csv")
     assert [(r["epoch"], r["nonfinite_skipped"], r["step"]) for r in rows] == \
@@ -222,5 +223,6 @@ def test_ddp_processes_agree_to_skip_a_batch_one_of_them_found_non_finite(tmp_pa
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.start_processes(_check_finite_process, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(_check_finite_process, args=(port, str(tmp_path)), nprocs=2,
+                                          start_method="fork")
     assert (tmp_path / "rank0").read_text() == "False" and (tmp_path / "rank1").read_text() == "False"

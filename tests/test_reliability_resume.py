@@ -183,7 +183,8 @@ def assert_same_training_state(resumed: dict, unbroken: dict) -> None:
     for index, moments in unbroken["optimizer"]["state"].items():
         for name, value in moments.items():
             other = resumed["optimizer"]["state"][index][name]
-            assert torch.equal(torch.as_tensor(other), torch.as_tensor(value)), f"optimizer state {index}.{name} differs"
+            assert torch.equal(torch.as_tensor(other), torch.as_tensor(value)), \
+                f"optimizer state {index}.{name} differs"
     assert resumed["scheduler"] == unbroken["scheduler"]
 
 
@@ -248,7 +249,8 @@ def test_facenet_sigkill_then_sigint_resume_to_the_same_weights(facenet_unbroken
     interrupted.wait_for_batches(epoch=3)
     assert interrupted.stop(signal.SIGINT) == 130, interrupted.text("err")[-2000:]
     err = interrupted.text("err")
-    assert re.search(r"stopped by signal in epoch 3 after \d+ batch\(es\); saved .*last\.pt \(continue with --resume\)", err)
+    assert re.search(r"stopped by signal in epoch 3 after \d+ batch\(es\); "
+                     r"saved .*last\.pt \(continue with --resume\)", err)
     assert err.rstrip().endswith("interrupted")
     assert "epoch 1/3" not in interrupted.text("out") and "epoch 2/3" in interrupted.text("out"), \
         "the resumed run starts at epoch 2, after the last checkpoint"

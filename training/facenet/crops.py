@@ -47,7 +47,7 @@ class CropBatch:
     valid: Tensor
     errors: list[tuple[str, str]]
 
-    def pin_memory(self) -> "CropBatch":
+    def pin_memory(self) -> CropBatch:
         """Pinned copies (DataLoader calls this with pin_memory=True)."""
         return CropBatch(self.images.pin_memory(), self.labels.pin_memory(), self.valid, self.errors)
 
@@ -112,10 +112,12 @@ class FaceCrops(Dataset):
 
 def training_side(config: Config) -> int:
     """Side the training crops are scaled to: ``align.train_size`` at the scale that maps eval_size to input_size."""
-    return max(config.facenet.input_size, round(config.align.train_size * config.facenet.input_size / config.align.eval_size))
+    return max(config.facenet.input_size,
+               round(config.align.train_size * config.facenet.input_size / config.align.eval_size))
 
 
-def load_training_crops(config: Config, root: Path, workers: int, log: BadInputLog, progress: bool) -> tuple[FaceCrops, list[str]]:
+def load_training_crops(config: Config, root: Path, workers: int, log: BadInputLog,
+                        progress: bool) -> tuple[FaceCrops, list[str]]:
     """The identity folders of training crops (every identity kept here; the sampler decides who trains)."""
     folder = IdentityFolder(root)
     paths = [path for path, _ in folder.samples]
@@ -126,7 +128,8 @@ def load_training_crops(config: Config, root: Path, workers: int, log: BadInputL
 
 def augment(images: Tensor, size: int, random_crop: bool = True, flip: bool = True, jitter: float = 0.0) -> Tensor:
     """uint8 crops [B, 3, S, S] -> float 0..255 [B, 3, size, size]: random (else centre) crop, random horizontal
-    flip and brightness/contrast/saturation jitter of strength ``jitter``, all drawn per image, batched on the device."""
+    flip and brightness/contrast/saturation jitter of strength ``jitter``, all drawn per image, batched on the
+    device."""
     batch, _, side, _ = images.shape
     device = images.device
     if side < size:

@@ -42,7 +42,8 @@ def validation_loss(embeddings: Tensor, labels: np.ndarray, loss_fn: TripletLoss
     totals: dict[str, float] = {}
     for batch in sampler:
         loss, stats = loss_fn(embeddings[batch], torch.from_numpy(labels[batch]))
-        values = {"val_loss": float(loss), **{f"val_{name}": v for name, v in stats.as_floats().items() if name in STAT_NAMES}}
+        values = {"val_loss": float(loss),
+                  **{f"val_{name}": v for name, v in stats.as_floats().items() if name in STAT_NAMES}}
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value / len(sampler)
     return totals
