@@ -42,6 +42,7 @@ from utils.atomic import atomic_write_text
 from utils.device import select_device
 from utils.errors import BadInputLog, ConfigError, DataError
 from utils.images import read_image, write_image
+from utils.metrics import deal_folds
 
 if TYPE_CHECKING:
     from config import Config
@@ -272,8 +273,8 @@ def make_pairs(images_root: str | Path, folds: int, pairs_per_fold: int, seed: i
     if len(names) < 2 * folds:
         raise DataError(root, f"{len(names)} identities cannot fill {folds} identity-disjoint folds (2 per fold needed)")
     rng = np.random.default_rng([seed, 1972])
-    order = [names[i] for i in rng.permutation(len(names))]
-    members = [sorted(order[f::folds]) for f in range(folds)]
+    fold_of = deal_folds(len(names), folds, rng)
+    members = [[name for name, f in zip(names, fold_of) if f == fold] for fold in range(folds)]
     same_candidates = [[(n, i, j) for n in group for a, i in enumerate(images[n]) for j in images[n][a + 1:]]
                        for group in members]
     diff_counts = [sum(len(images[a]) * len(images[b]) for x, a in enumerate(group) for b in group[x + 1:])
