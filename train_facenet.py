@@ -140,9 +140,10 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     if session.checkpoint is None and not cfg.pretrained:
         calibrate_batchnorm(unwrap(trainer.model), batches.loader, dist.device, cfg)
     task = TripletTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), pairs, log, run_dir)
-    session.logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities ({training_side(config)} "
-                        f"px -> {cfg.input_size} px inputs), {cfg.backbone} {cfg.embedding_size}-d, {cfg.mining} mining, "
-                        f"margin {cfg.margin}; {len(sampler)} steps/epoch x {cfg.epochs} epochs; "
+    session.logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities "
+                        f"({training_side(config)} px -> {cfg.input_size} px inputs), {cfg.backbone} "
+                        f"{cfg.embedding_size}-d, {cfg.mining} mining, margin {cfg.margin}; {len(sampler)} "
+                        f"steps/epoch x {cfg.epochs} epochs; "
                         + (f"validation: {pairs.describe()}" if pairs is not None else ""))
     state = trainer.fit(task)
     if dist.is_main:

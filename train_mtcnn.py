@@ -34,7 +34,14 @@ from training.mtcnn.data import MTCNNData, load_data
 from training.mtcnn.evaluation import format_report
 from training.mtcnn.loss import MTCNNLoss
 from training.mtcnn.packed import BalancedBatchSampler, PackedSamples
-from training.mtcnn.stage import StageTask, build_model, build_samples, check_stage_resume, fixed_on_resume, stage_config
+from training.mtcnn.stage import (
+    StageTask,
+    build_model,
+    build_samples,
+    check_stage_resume,
+    fixed_on_resume,
+    stage_config,
+)
 from training.run import open_run
 from utils.atomic import atomic_write_json
 from utils.cli import add_config_args, config_from_args, run
@@ -110,8 +117,8 @@ def train_stage(stage: str, config: Config, data: MTCNNData, run_dir: Path, args
                           persistent_workers=loader_workers > 0)
     trainer = Trainer(model, OptimSettings.of(cfg), batches, dist_info=dist, run=session, amp=config.runtime.amp,
                       skip_nonfinite=args.skip_nonfinite)
-    task = StageTask(trainer, stage, config, MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, m.ohem_ratio),
-                     MTCNNLoss(cfg.cls_weight, cfg.box_weight, cfg.landmark_weight, 1.0), val_set)
+    weights = (cfg.cls_weight, cfg.box_weight, cfg.landmark_weight)
+    task = StageTask(trainer, stage, config, MTCNNLoss(*weights, m.ohem_ratio), MTCNNLoss(*weights, 1.0), val_set)
     logger.info(f"[{stage}] {len(train_set):,} training samples {train_set.counts()}, {len(val_set):,} validation; "
                 f"{len(sampler)} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size} "
                 f"(neg:pos:part:landmark {':'.join(str(int(q)) for q in sampler.quota)})")

@@ -7,9 +7,9 @@ Run from the repo root (``--config``/``--set`` as for every script: the data pat
     .venv/bin/python -m bench.bench_facenet embed --backbone both
     .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
-``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device augmentation, triplet
-mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of the
-same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
+``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device
+augmentation, triplet mining, AMP/accumulation step runner, statistics) and of a bare forward + backward +
+optimizer step of the same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
 from other processes distorts the ratio least), per wall-clock second and per CPU second of this process
 (on a shared machine the CPU-time ratio is the steadier one; with DataLoader workers, wall time is the
 honest one). Training crops come from ``facenet.train_images`` when they

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.alignment import METHODS as ALIGN_METHODS
-from models.alignment import align_faces
+from models.alignment import METHODS as ALIGN_METHODS, align_faces
 from models.detector import Detections
 from models.embedder import Embedder
 

@@ -266,10 +266,12 @@ class FaceRecognitionSystem:
         chosen = select_faces(detections, order if all_faces else order[:1])
         landmarks = chosen.landmarks
         faces = [Face(chosen.boxes[k].numpy().astype(np.float64), float(chosen.scores[k]),
-                      None if landmarks is None else landmarks[k].numpy().astype(np.float64)) for k in range(len(chosen))]
+                      None if landmarks is None else landmarks[k].numpy().astype(np.float64))
+                 for k in range(len(chosen))]
         return faces, chosen
 
-    def _cut(self, images: Sequence[ImageInput], all_faces: bool) -> tuple[list[ImageResult], list[tuple[Face, torch.Tensor]]]:
+    def _cut(self, images: Sequence[ImageInput], all_faces: bool
+             ) -> tuple[list[ImageResult], list[tuple[Face, torch.Tensor]]]:
         """Read, detect and align: per image its faces (main face first; only that one unless ``all_faces``), and
         each face that could be aligned with its crop (``models.face_preprocess``)."""
         read = self._read(list(images))

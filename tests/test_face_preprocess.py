@@ -15,7 +15,6 @@ from config import load_config
 from datasets.align_dataset import CropTarget, align_photos, detector_for_alignment, list_photos
 from models.face_preprocess import AlignSettings, EmbedderRecord, main_face_order
 from models.system import FaceRecognitionSystem, read_embedder
-from tests.conftest import SHARED
 from training.facenet.model import architecture, build_model
 from utils.checkpoint import save_checkpoint
 

@@ -71,7 +71,8 @@ class OptimSettings:
         return cls(**{f.name: getattr(section, f.name) for f in fields(cls) if hasattr(section, f.name)})
 
 
-def build_optimizer(params: Any, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+def build_optimizer(params: Any, name: str, lr: float, weight_decay: float = 0.0,
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
     """SGD (with momentum) or Adam/AdamW by name."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -83,8 +84,10 @@ def build_optimizer(params: Any, name: str, lr: float, weight_decay: float = 0.0
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int = 0,
-                    milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule: ``cosine``, ``step`` (milestones as fractions of training) or ``constant``, after linear warm-up."""
+                    milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule: ``cosine``, ``step`` (milestones as fractions of training) or ``constant``, after
+    linear warm-up."""
     total_steps = max(1, total_steps)
 
     def factor(step: int) -> float:
@@ -438,7 +441,8 @@ def _wrap(module: nn.Module, info: DistInfo) -> nn.Module:
     """``module`` in DistributedDataParallel when the job has several processes and it has trainable parameters."""
     if not info.distributed or not any(p.requires_grad for p in module.parameters()):
         return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 class Trainer:
@@ -461,7 +465,8 @@ class Trainer:
         self.model = _wrap(model.to(self.device), dist_info)
         self.modules = {name: _wrap(module.to(self.device), dist_info) for name, module in (modules or {}).items()}
         params = [p for m in (self.model, *self.modules.values()) for p in m.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum)
+        self.optimizer = build_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay,
+                                         settings.momentum)
         total_steps = math.ceil(settings.epochs * len(data) / settings.accumulate)
         self.scheduler = build_scheduler(self.optimizer, settings.schedule, total_steps,
                                          min(settings.warmup_steps, total_steps // 4))
@@ -603,7 +608,8 @@ class Trainer:
                 if metric is not None:
                     self.state.stale = 0 if metric > self.state.best_metric else self.state.stale + 1
                 if logger is not None:  # rows before the checkpoint: a kill between the two never loses them
-                    logger.log("train", epoch=self.state.epoch, step=self.state.step, seconds=round(seconds, 2), **stats)
+                    logger.log("train", epoch=self.state.epoch, step=self.state.step, seconds=round(seconds, 2),
+                               **stats)
                     if row:
                         logger.log("val", epoch=self.state.epoch, **row)
                 if self.save(task.checkpoint_extra(), metric=metric):

@@ -45,7 +45,8 @@ def make_detector(nets: dict[str, nn.Module], config: Config, device: torch.devi
     return FaceDetector(*filled, settings=settings, device=device)
 
 
-def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+def detect_all_stages(detector: FaceDetector, images: list[np.ndarray], until: str
+                      ) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Run the cascade once and keep each stage's output per image: ``[{stage: (boxes, scores)}]``."""
     stages = STAGES[:STAGES.index(until) + 1]
     per_image: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in images]
@@ -79,7 +80,8 @@ def image_batches(paths: list[str], batch: int, workers: int, log: BadInputLog
 
 def landmark_error(net: nn.Module, items: list[LandmarkItem], device: torch.device, log: BadInputLog,
                    batch: int = 256) -> dict[str, float]:
-    """Landmark error of one net on faces cropped square around their boxes: mean NME (inter-ocular) and failures > 0.1."""
+    """Landmark error of one net on faces cropped square around their boxes: mean NME (inter-ocular) and
+    failures > 0.1."""
     size = NET_INPUT_SIZE[type(net).__name__.lower()]
     net = net.to(device).train()  # train mode: plain heads; no layer here behaves differently in eval
     errors = []
@@ -148,8 +150,8 @@ def evaluate(nets: dict[str, nn.Module], data: MTCNNData, until: str, config: Co
     return report
 
 
-def evaluate_fddb(nets: dict[str, nn.Module], config: Config, device: torch.device, folds_dir: str | Path, images_root: str | Path, log: BadInputLog,
-                  workers: int = 0, batch: int = 8) -> dict[str, float]:
+def evaluate_fddb(nets: dict[str, nn.Module], config: Config, device: torch.device, folds_dir: str | Path,
+                  images_root: str | Path, log: BadInputLog, workers: int = 0, batch: int = 8) -> dict[str, float]:
     """FDDB discrete protocol over every fold file: true-positive rate at 1,000 and 2,000 false positives."""
     detector = evaluation_detector(nets, config, "onet", device)
     iou_threshold = config.mtcnn.eval_iou

@@ -56,7 +56,8 @@ def stage_config(config: Config, stage: str) -> MTCNNStageConfig:
     return getattr(config.mtcnn, stage)
 
 
-def sample_settings(config: Config, stage: str, sources: dict[str, str], split: str, count: tuple[int, int]) -> dict[str, Any]:
+def sample_settings(config: Config, stage: str, sources: dict[str, str], split: str,
+                    count: tuple[int, int]) -> dict[str, Any]:
     """What a sample store depends on (a store made under other settings is regenerated)."""
     m = asdict(config.mtcnn)
     shared_keys = ("iou_negative", "iou_part", "iou_positive", "min_face_size", "mirror", "landmark_max_rotation",
@@ -154,9 +155,10 @@ class StageTask(Task):
 
     def describe(self, epoch: int, train: dict[str, float], val: dict[str, Any]) -> str:
         """Loss and its parts, accuracies, validation loss and accuracy, throughput."""
-        return (f"[{self.stage}] epoch {epoch}/{self.cfg.epochs}: loss {train['loss']:.4f} (cls {train['cls_loss']:.4f}, "
-                f"box {train['box_loss']:.4f}, landmark {train['landmark_loss']:.4f}), acc pos {train['acc_pos']:.3f} "
-                f"neg {train['acc_neg']:.3f}; val loss {val['val_loss']:.4f}, val acc {val['val_acc']:.3f}; "
+        return (f"[{self.stage}] epoch {epoch}/{self.cfg.epochs}: loss {train['loss']:.4f} "
+                f"(cls {train['cls_loss']:.4f}, box {train['box_loss']:.4f}, landmark {train['landmark_loss']:.4f}), "
+                f"acc pos {train['acc_pos']:.3f} neg {train['acc_neg']:.3f}; val loss {val['val_loss']:.4f}, "
+                f"val acc {val['val_acc']:.3f}; "
                 f"{train['samples_per_s']:,.0f} samples/s")
 
 
