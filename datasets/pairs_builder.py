@@ -72,7 +72,8 @@ def make_pairs(images_root: str | Path, folds: int, pairs_per_fold: int, seed: i
     same_candidates = [[(n, i, j) for n, numbers in group.items() for a, i in enumerate(numbers)
                         for j in numbers[a + 1:]]
                        for group in members]
-    diff_counts = [sum(len(group[a]) * len(group[b]) for x, a in enumerate(group) for b in list(group)[x + 1:])
+    # different-person pairs a fold can give: all pairs of its photos minus the same-person ones
+    diff_counts = [(sum(map(len, group.values())) ** 2 - sum(len(v) ** 2 for v in group.values())) // 2
                    for group in members]
     per_fold = min([pairs_per_fold, *map(len, same_candidates), *diff_counts])
     if per_fold < 1:
