@@ -47,6 +47,9 @@ FaceSelection = Literal["largest", "central"]  # which face of a photo is its ma
 Backbone = Literal["mobilefacenet", "inception_resnet_v1"]
 Standardization = Literal["fixed", "per_image"]
 TripletMining = Literal["semi_hard", "batch_hard", "batch_all"]
+# triplet: FaceNet's loss on P x K batches | arcface / cosface: softmax over the training identities with an
+# additive angular / additive cosine margin (a head trained beside the embedder, left out of it afterwards)
+EmbedderLoss = Literal["triplet", "arcface", "cosface"]
 SmallIdentities = Literal["replace", "skip"]
 
 # --- ranges shared by many keys (a range used once sits beside its field) -------------------------------------
@@ -114,6 +117,9 @@ class RuntimeConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     strict: bool = False  # stop at the first bad input instead of skipping and counting it
     deterministic: bool = False  # cudnn deterministic kernels (slower)
+    # torch.compile the embedder's training forward (one-off compile time, then faster steps; bench_facenet.py
+    # throughput measures both on your machine)
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -381,7 +387,8 @@ class FaceNetConfig:
     standardization: Standardization = "per_image"
     pretrained: str = ""  # facenet-pytorch InceptionResnetV1 state_dict to start from (fine-tuning); '' = random init
     # Data, as prepare_training_data.py --align writes it ({data_root}, {runs_dir} and {aligned} expand).
-    train_images: str = "{aligned}/train"  # identity folders of align.train_size crops
+    # identity folders of align.train_size crops: one root or a list of roots (their people kept apart)
+    train_images: str | list[str] = "{aligned}/train"
     val_pairs: str = "{aligned}/lfw_val/pairs.txt"  # LFW View-2 pairs file (its header sets the folds)
     val_images: str = "{aligned}/lfw_val/images"  # align.eval_size crops in the LFW layout
     preload: bool = True  # decode every crop once into memory (small sets); false: stream from disk in workers
@@ -391,10 +398,26 @@ class FaceNetConfig:
     # steps per epoch (the preset's compute budget: 30 x 22 steps); 0 = one pass over the identities
     batches_per_epoch: Count = 22
     small_identities: SmallIdentities = "replace"  # identities with 2..K-1 images: replace (repeat images) | skip
-    # Augmentation: random crop (train_size -> eval_size framing), horizontal flip, colour jitter strength.
+    # Augmentation on the device, each drawn per image: random crop (train_size -> eval_size framing), flip,
+    # colour jitter strength; zoom in [1 - s, 1 + s] and rotation in [-r, r] degrees; probabilities of a grey copy,
+    # a Gaussian blur, down-and-up scaling (low-resolution photos) and one erased rectangle.
     random_crop: bool = True
     flip: bool = True
     color_jitter: NonNegative = 0.2
+    random_scale: Annotated[float, between(0, 1, open_high=True)] = 0.0
+    random_rotate: Annotated[float, between(0, 90)] = 0.0
+    greyscale: Probability = 0.0
+    blur: Probability = 0.0
+    low_resolution: Probability = 0.0
+    random_erase: Probability = 0.0
+    # The loss. Margin losses: scale s and margin m (CosFace: cosine minus m; ArcFace: angle plus m radians), the
+    # margin ramped up from 0 over the first margin_warmup_steps steps (a fresh network cannot meet it at once);
+    # triplet_finetune_epochs > 0 switches to the triplet loss for that many last epochs (margin, then triplet).
+    loss: EmbedderLoss = "triplet"
+    head_scale: Positive = 30.0
+    head_margin: Annotated[float, between(0, 1.5)] = 0.35
+    margin_warmup_steps: Count = 0
+    triplet_finetune_epochs: Count = 0
     # Triplet loss (Schroff et al. 2015: margin 0.2 on squared distances of unit vectors; up to 1 allowed).
     margin: Overlap = 0.3
     mining: TripletMining = "semi_hard"
@@ -420,6 +443,18 @@ class FaceNetConfig:
     def validate(self) -> None:
         if self.pretrained and self.standardization != "fixed":
             raise ConfigError("config key 'facenet.standardization': published FaceNet weights expect 'fixed'")
+        if self.triplet_finetune_epochs and self.loss == "triplet":
+            raise ConfigError("config key 'facenet.triplet_finetune_epochs': needs a margin loss first "
+                              "(facenet.loss arcface or cosface)")
+        if self.triplet_finetune_epochs >= self.epochs and self.loss != "triplet":
+            raise ConfigError(f"config key 'facenet.triplet_finetune_epochs': {self.triplet_finetune_epochs} leaves "
+                              f"no epoch of the {self.loss} loss out of facenet.epochs={self.epochs}")
+        if isinstance(self.train_images, list) and not self.train_images:
+            raise ConfigError("config key 'facenet.train_images': an empty list")
+
+    def margin_epochs(self) -> int:
+        """Epochs trained with the margin loss (0 with the triplet loss)."""
+        return 0 if self.loss == "triplet" else self.epochs - self.triplet_finetune_epochs
 
 
 @dataclass
@@ -443,7 +478,14 @@ class Config:
 
     def facenet_path(self, name: str) -> Path:
         """The path ``facenet.<name>`` with ``{data_root}``, ``{runs_dir}`` and ``{aligned}`` expanded."""
-        raw = getattr(self.facenet, name)
+        return self._expand(getattr(self.facenet, name))
+
+    def train_roots(self) -> list[Path]:
+        """The identity roots of ``facenet.train_images`` (one path or a list), expanded."""
+        raw = self.facenet.train_images
+        return [self._expand(item) for item in ([raw] if isinstance(raw, str) else raw)]
+
+    def _expand(self, raw: str) -> Path:
         return Path(raw.format(data_root=self.paths.data_root, runs_dir=self.paths.runs_dir,
                                aligned=self.path("aligned")))
 

@@ -1,4 +1,5 @@
-"""Stage 2: train the face embedder with triplet loss on aligned identity crops; validate by the LFW protocol.
+"""Stage 2: train the face embedder on aligned identity crops (triplet loss, or an ArcFace/CosFace margin head
+optionally followed by triplet fine-tuning); validate by the LFW protocol.
 
     python prepare_training_data.py --align synthetic              # aligned crops first (the detector)
     python train_facenet.py                                        # the synthetic preset (config defaults)
@@ -9,10 +10,13 @@
 
 Batches hold P identities x K images (``facenet.identities_per_batch`` x ``images_per_identity``); the
 training crops (``align.train_size``, 182 px) are scaled by ``input_size / align.eval_size``, randomly
-cropped to the input size, flipped and colour-jittered on the device; the loss is the triplet loss with
-online semi-hard, batch-hard or batch-all mining (``training/facenet/triplet.py``). Each epoch logs loss, share of
-active triplets, triplet accuracy (share of triplets whose negative is farther than the positive) and mean
-positive/negative distances, then validates on the pairs file: accuracy (mean +- std over its folds),
+cropped to the input size, flipped and colour-jittered on the device (zoom, rotation, greyscale, blur,
+low resolution and erasing when configured); ``facenet.loss`` is the triplet loss with online semi-hard,
+batch-hard or batch-all mining (``training/facenet/triplet.py``) or a margin softmax over the training identities
+(``arcface``/``cosface``, ``training/facenet/margin.py``; its head is saved in last.pt for --resume, never in
+best.pt), switching to the triplet loss for the last ``facenet.triplet_finetune_epochs``. Each epoch logs loss
+and its statistics (share of active triplets, triplet accuracy and mean positive/negative distances; or the
+head's accuracy and cosines), then validates on the pairs file: accuracy (mean +- std over its folds),
 threshold, VAL@FAR, AUC, EER, and the validation triplet loss. ``best.pt`` keeps the best validation
 accuracy; ``last.pt`` the full state for ``--resume``. Outputs in ``--output-dir`` (default: the folder of
 ``paths.embedder``): config.json, metrics_train.csv, metrics_val.csv, roc.png, loss_curves.png, report.json.
@@ -26,14 +30,15 @@ from typing import Any
 
 import torch
 
-from config import Config, load_config
+from config import Config, FaceNetConfig, load_config
 from datasets.decoding import keep_batch
 from models.system import load_embedder
 from training.engine import EpochLoader, OptimSettings, Trainer, unwrap
 from training.facenet.crops import load_pairs_set, load_training_crops, training_side
+from training.facenet.margin import MarginHead
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
-from training.facenet.task import FIXED_ON_RESUME, KIND, TripletTask, calibrate_batchnorm, finish
+from training.facenet.task import FIXED_ON_RESUME, KIND, EmbedderTask, calibrate_batchnorm, finish
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import evaluate, save_roc
 from training.run import open_run
@@ -99,6 +104,17 @@ def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: t
     return report
 
 
+def describe_loss(cfg: FaceNetConfig) -> str:
+    """The loss recipe in a few words, for the run's first line."""
+    triplet = f"triplet ({cfg.mining} mining, margin {cfg.margin})"
+    if cfg.loss == "triplet":
+        return triplet
+    margin = f"{cfg.loss} (s {cfg.head_scale:g}, m {cfg.head_margin:g})"
+    if cfg.triplet_finetune_epochs:
+        return f"{margin} for {cfg.margin_epochs()} epochs, then {triplet} for {cfg.triplet_finetune_epochs}"
+    return margin
+
+
 def main(args: argparse.Namespace) -> int:
     """Train the embedder (or evaluate one with --test-only); returns the exit code."""
     config = config_from_args(args, load_config)
@@ -125,7 +141,7 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     cfg = config.facenet
     started = time.perf_counter()
     session = open_run(run_dir, KIND, config, resume=args.resume, fixed=FIXED_ON_RESUME, is_main=dist.is_main)
-    crops, classes = load_training_crops(config, config.facenet_path("train_images"), workers, log, dist.is_main)
+    crops, classes = load_training_crops(config, config.train_roots(), workers, log, dist.is_main)
     sampler = PKBatchSampler(crops.labels, cfg.identities_per_batch, cfg.images_per_identity, seed=config.runtime.seed,
                              small_identities=cfg.small_identities, batches_per_epoch=cfg.batches_per_epoch or None,
                              num_replicas=dist.world_size, rank=dist.rank)
@@ -137,16 +153,21 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     if dist.is_main:
         pairs = load_pairs_set(config.facenet_path("val_pairs"), config.facenet_path("val_images"), cfg.input_size, log,
                                workers, progress=True)
-    trainer = Trainer(build_model(cfg), OptimSettings.of(cfg), batches, dist_info=dist, run=session,
+    model = build_model(cfg)
+    if config.runtime.compile:
+        model.compile()  # in place: the state_dict keeps its names, so checkpoints are the same either way
+    modules = {}
+    if cfg.loss != "triplet":
+        modules["head"] = MarginHead(cfg.embedding_size, len(classes), cfg.loss, cfg.head_scale, cfg.head_margin)
+    trainer = Trainer(model, OptimSettings.of(cfg), batches, dist_info=dist, run=session, modules=modules,
                       amp=config.runtime.amp, skip_nonfinite=args.skip_nonfinite)
     if session.checkpoint is None and not cfg.pretrained:
         calibrate_batchnorm(unwrap(trainer.model), batches.loader, dist.device, cfg)
-    task = TripletTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), pairs, log, run_dir)
+    task = EmbedderTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), pairs, log, run_dir)
     session.logger.info(f"{sampler.summary()}; {len(crops)} crops of {len(classes)} identities "
                         f"({training_side(config)} px -> {cfg.input_size} px inputs), "
-                        f"{cfg.backbone} {cfg.embedding_size}-d, "
-                        f"{cfg.mining} mining, "
-                        f"margin {cfg.margin}; {len(sampler)} steps/epoch x {cfg.epochs} epochs; "
+                        f"{cfg.backbone} {cfg.embedding_size}-d, {describe_loss(cfg)}; "
+                        f"{len(sampler)} steps/epoch x {cfg.epochs} epochs; "
                         + (f"validation: {pairs.describe()}" if pairs is not None else ""))
     state = trainer.fit(task)
     if dist.is_main:

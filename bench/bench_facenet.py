@@ -40,7 +40,7 @@ from training.engine import EpochLoader, OptimSettings, StepRunner, Trainer
 from training.facenet.crops import FaceCrops, load_pairs_set, load_training_crops, training_side
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
-from training.facenet.task import TripletTask
+from training.facenet.task import EmbedderTask
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import evaluate
 from utils.atomic import atomic_write_text
@@ -75,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="compare: aligned images of the pairs, LFW layout (default: facenet.val_images)")
     parser.add_argument("--pca-train", default=None,
                         help="compare: identity folders of crops the Eigenfaces PCA is fitted on "
-                             "(default: facenet.train_images)")
+                             "(default: the first root of facenet.train_images)")
     parser.add_argument("--flip", action="store_true", help="compare: flip test-time augmentation for the embedders")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
     add_config_args(parser)
@@ -95,10 +95,10 @@ def _backbone_config(config: Config, backbone: str, identities: int = 0) -> Conf
 
 def _training_data(config: Config, log: BadInputLog) -> tuple[FaceCrops, str]:
     """The configured training crops, or random crops of the same side when there are none."""
-    root = config.facenet_path("train_images")
-    if root.is_dir():
-        crops, _ = load_training_crops(config, root, 0, log, progress=False)
-        return crops, str(root)
+    roots = config.train_roots()
+    if all(root.is_dir() for root in roots):
+        crops, _ = load_training_crops(config, roots, 0, log, progress=False)
+        return crops, ", ".join(map(str, roots))
     side = training_side(config)
     crops = FaceCrops([], [], side, preload=False)
     generator = torch.Generator().manual_seed(0)
@@ -152,7 +152,7 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
     batches = EpochLoader(crops, sampler, 0, collate_fn=keep_batch, pin_memory=device.type == "cuda")
     settings = replace(OptimSettings.of(cfg), accumulate=1, schedule="constant", warmup_steps=0)
     trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device), amp=config.runtime.amp)
-    task = TripletTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), None, log, Path("."))
+    task = EmbedderTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), None, log, Path("."))
     batch = cfg.identities_per_batch * cfg.images_per_identity
     loop_rates, bare_rates = [], []
     _bare_rates(model, trainer.steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
@@ -210,7 +210,7 @@ def compare(config: Config, args: argparse.Namespace, device: torch.device) -> l
     pairs = load_pairs_set(pairs_file, images, 32, log)
     paths = pairs.crops.paths
     pair_rows = [(paths[a], None, paths[b], None) for a, b in zip(pairs.first, pairs.second)]
-    folder = IdentityFolder(Path(args.pca_train) if args.pca_train else config.facenet_path("train_images"))
+    folder = IdentityFolder(Path(args.pca_train) if args.pca_train else config.train_roots()[0])
     train = [(path, _centre_box(config.align.train_size, config)) for path, _ in folder.samples]
     folds = pairs.folds if len(np.unique(pairs.folds)) >= 2 else 10
     result = eigenfaces_verification(train, pair_rows, pairs.same, folds, size=(32, 32))

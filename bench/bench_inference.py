@@ -89,7 +89,7 @@ def export_here(config: Any, checkpoint: Path, folder: Path, pairs: PairsSet,
     model, arch = load_embedder_for_export(checkpoint)
     faces = pairs.crops.images[:64]
     export_embedder(model, arch, checkpoint, folder, faces, threads=args.threads)
-    root = config.facenet_path("train_images")
+    root = config.train_roots()[0]
     calibration = calibration_faces(config, root, args.calibration_count, model.input_size, config.runtime.seed)
     export_embedder_int8(model, checkpoint, folder, calibration, faces, args.calibration_method,
                          calibration_source=str(root), threads=args.threads)

@@ -54,7 +54,8 @@ from models.onnx_nets import (
 )
 from models.system import read_embedder, resize_crops
 from models.weights import load_net, resolve_weights
-from training.facenet.crops import FaceCrops, augment, training_side
+from training.facenet.augment import AugmentSettings, augment
+from training.facenet.crops import FaceCrops, training_side
 from utils.atomic import atomic_path, atomic_write_text
 from utils.boxes import detection_agreement
 from utils.checkpoint import load_checkpoint
@@ -358,7 +359,7 @@ def calibration_faces(config: Any, root: Path, count: int, input_size: int, seed
     crops = FaceCrops([folder.samples[i][0] for i in picks], [folder.samples[i][1] for i in picks],
                       training_side(sized), preload=True, workers=0, log=BadInputLog(strict=config.runtime.strict))
     assert crops.images is not None  # preloaded
-    return augment(crops.images, input_size, random_crop=False, flip=False)
+    return augment(crops.images, input_size, AugmentSettings(random_crop=False, flip=False))
 
 
 # --- the command ----------------------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "on aligned training crops")
     parser.add_argument("--calibration", metavar="DIR", default=None,
                         help="with --int8: identity folders of aligned training crops to calibrate on "
-                             "(default: facenet.train_images)")
+                             "(default: the first root of facenet.train_images)")
     parser.add_argument("--calibration-count", type=int, default=300,
                         help="with --int8: how many crops to calibrate on (default: 300)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION,
@@ -544,7 +545,7 @@ def main(args: argparse.Namespace) -> int:
         meta = export_embedder(model, arch, checkpoint, out_dir, faces, args.tolerance, args.opset, args.threads)
         print(_format_check(meta))
         if args.int8:
-            root = Path(args.calibration) if args.calibration else config.facenet_path("train_images")
+            root = Path(args.calibration) if args.calibration else config.train_roots()[0]
             calibration = calibration_faces(config, root, args.calibration_count, model.input_size, config.runtime.seed)
             meta = export_embedder_int8(model, checkpoint, out_dir, calibration, faces, args.calibration_method,
                                         args.int8_min_cosine, str(root), args.threads)

@@ -1,5 +1,7 @@
 """train_facenet.py: a reduced synthetic preset learns (held-out pair accuracy well above chance, triplet loss
-falls), an interrupted run resumes exactly, bad data is handled as DESIGN.md says, DDP runs under torchrun."""
+falls), so do the margin losses (their head kept in last.pt, never in best.pt), an interrupted run resumes
+exactly (also across the switch from a margin loss to triplet fine-tuning), bad data is handled as DESIGN.md
+says, several training roots stay apart, DDP runs under torchrun."""
 from __future__ import annotations
 
 import csv
@@ -22,7 +24,8 @@ from datasets.synthetic import SyntheticSpec, generate_synthetic_set
 from models.alignment import align_faces
 from models.system import load_embedder
 from tests.conftest import run_script
-from training.facenet.crops import FaceCrops, augment, load_pairs_set
+from training.facenet.augment import AugmentSettings, augment
+from training.facenet.crops import FaceCrops, load_pairs_set
 from training.facenet.model import architecture, build_model
 from utils.errors import BadInputLog
 from utils.images import read_image, write_image
@@ -125,7 +128,7 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
         assert _train(aligned, tmp_path / "straight", *common) == 0
 
     seen = {"epoch": -1, "batches": 0}
-    augment, step_for = task_module.augment, task_module.TripletTask.step_for
+    augment, step_for = task_module.augment, task_module.EmbedderTask.step_for
 
     def epoch_of(task, epoch):
         seen.update(epoch=epoch, batches=0)
@@ -138,7 +141,7 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
                 os.kill(os.getpid(), signal.SIGINT)
         return augment(*args, **kwargs)
 
-    monkeypatch.setattr(task_module.TripletTask, "step_for", epoch_of)
+    monkeypatch.setattr(task_module.EmbedderTask, "step_for", epoch_of)
     monkeypatch.setattr(task_module, "augment", ctrl_c_in_epoch_two)
     with pytest.warns(UserWarning):
         assert _train(aligned, tmp_path / "broken", *common) == 130
@@ -153,6 +156,90 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
     assert all(torch.equal(straight[k], resumed[k]) for k in straight), \
         "the resumed run ends where the unbroken one does"
     assert [r["epoch"] for r in _rows(tmp_path / "broken" / "metrics_train.csv")] == ["1", "2"]
+
+
+@pytest.mark.parametrize("loss", ["cosface", "arcface"])
+def test_margin_loss_learns_and_its_head_stays_out_of_the_embedder(aligned: Path, tmp_path: Path, loss: str) -> None:
+    with pytest.warns(UserWarning, match="9999.jpg"):
+        assert _train(aligned, tmp_path, f"facenet.loss={loss}", "facenet.epochs=20", "facenet.batches_per_epoch=5",
+                      "facenet.optimizer=sgd", "facenet.lr=0.1", "facenet.head_scale=16", "facenet.head_margin=0.2",
+                      "facenet.margin_warmup_steps=10") == 0
+    train, val = _rows(tmp_path / "metrics_train.csv"), _rows(tmp_path / "metrics_val.csv")
+    losses = [float(r["loss"]) for r in train]
+    head_accuracy = [float(r["train_accuracy"]) for r in train]
+    accuracy = [float(r["val_accuracy"]) for r in val]
+    auc = [float(r["val_auc"]) for r in val]
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"{loss} loss should fall: {losses}"
+    assert head_accuracy[-1] > head_accuracy[0] + 0.2, f"the head should learn the training people: {head_accuracy}"
+    assert max(accuracy) >= 0.65 and np.mean(auc[-3:]) > auc[0] + 0.08, \
+        f"held-out pairs should separate better than at the start (chance: 0.5): {accuracy}, AUC {auc}"
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert last["modules"]["head"]["weight"].shape == (18, 32), "one weight per training identity (16 + 2 small)"
+    assert "modules" not in best and "module_grads" not in best, "inference never sees the head"
+    model = load_embedder(tmp_path / "best.pt", torch.device("cpu"))
+    assert model.embedding_size == 32
+
+
+def test_margin_then_triplet_resumes_exactly_across_the_switch(aligned: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ("facenet.loss=arcface", "facenet.triplet_finetune_epochs=2", "facenet.epochs=4",
+              "facenet.batches_per_epoch=3", "facenet.accumulate=2", "facenet.head_scale=16",
+              "facenet.head_margin=0.3", "facenet.margin_warmup_steps=3")
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "straight", *common) == 0
+    rows = _rows(tmp_path / "straight" / "metrics_train.csv")
+    assert [bool(r["train_accuracy"]) for r in rows] == [True, True, False, False], "2 arcface epochs, then triplet"
+    assert [bool(r.get("triplet_accuracy")) for r in rows] == [False, False, True, True]
+
+    step_for, augment = task_module.EmbedderTask.step_for, task_module.augment
+    seen = {"epoch": -1, "batches": 0}
+
+    def epoch_of(task, epoch):
+        seen.update(epoch=epoch, batches=0)
+        return step_for(task, epoch)
+
+    def ctrl_c_in_epoch_three(*args, **kwargs):  # SIGINT in the first triplet epoch, mid-accumulation
+        if seen["epoch"] == 2:
+            seen["batches"] += 1
+            if seen["batches"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+        return augment(*args, **kwargs)
+
+    monkeypatch.setattr(task_module.EmbedderTask, "step_for", epoch_of)
+    monkeypatch.setattr(task_module, "augment", ctrl_c_in_epoch_three)
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "broken", *common) == 130
+    monkeypatch.setattr(task_module, "augment", augment)
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path / "broken", *common, flags=("--resume",)) == 0
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
+    for part in ("model", "head"):
+        a = straight["model"] if part == "model" else straight["modules"]["head"]
+        b = resumed["model"] if part == "model" else resumed["modules"]["head"]
+        assert all(torch.equal(a[k], b[k]) for k in a), f"the resumed run's {part} ends where the unbroken one does"
+
+
+def test_several_training_roots_keep_their_people_apart(aligned: Path, tmp_path: Path) -> None:
+    from config import load_config
+    from training.facenet.crops import load_training_crops
+    config = load_config(None, [f"paths.aligned={aligned}", *TINY])
+    one, one_classes = load_training_crops(config, config.train_roots(), 0, BadInputLog(), False)
+    config.facenet.train_images = [str(aligned / "train"), str(aligned / "train")]
+    two, two_classes = load_training_crops(config, config.train_roots(), 0, BadInputLog(), False)
+    assert len(two) == 2 * len(one) and len(two_classes) == 2 * len(one_classes)
+    assert two_classes[0] == f"0/{one_classes[0]}" and two_classes[len(one_classes)] == f"1/{one_classes[0]}"
+    assert set(two.labels[len(one):].tolist()) == {label + len(one_classes) for label in set(one.labels.tolist())}
+
+
+def test_triplet_finetuning_needs_a_margin_loss_first() -> None:
+    from config import load_config
+    from utils.errors import ConfigError
+    with pytest.raises(ConfigError, match="triplet_finetune_epochs"):
+        load_config(None, ["facenet.triplet_finetune_epochs=2"])
+    with pytest.raises(ConfigError, match="leaves no epoch"):
+        load_config(None, ["facenet.loss=cosface", "facenet.epochs=3", "facenet.triplet_finetune_epochs=3"])
 
 
 def test_bad_inputs_and_small_identities(aligned: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -175,17 +262,17 @@ def test_bad_inputs_and_small_identities(aligned: Path, tmp_path: Path, capsys: 
 def test_augment_crops_flips_and_jitters_on_the_batch() -> None:
     torch.manual_seed(0)
     images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6).to(torch.uint8)
-    out = augment(images, 4, random_crop=True, flip=False, jitter=0.0)
+    out = augment(images, 4, AugmentSettings(random_crop=True, flip=False))
     assert out.shape == (2, 3, 4, 4) and out.dtype == torch.float32
     for b in range(2):
         windows = [images[b, :, y:y + 4, x:x + 4].float() for y in range(3) for x in range(3)]
         assert any(torch.equal(out[b], w) for w in windows), "a random crop is a window of its own image"
-    centre = augment(images, 4, random_crop=False, flip=False)
+    centre = augment(images, 4, AugmentSettings(random_crop=False, flip=False))
     assert torch.equal(centre, images[:, :, 1:5, 1:5].float())
-    flips = torch.stack([augment(images[:1], 6, random_crop=False, flip=True) for _ in range(20)])
+    flips = torch.stack([augment(images[:1], 6, AugmentSettings(random_crop=False, flip=True)) for _ in range(20)])
     assert (any(torch.equal(f[0], images[0].float().flip(-1)) for f in flips)
             and any(torch.equal(f[0], images[0].float()) for f in flips))
-    jittered = augment(images, 6, random_crop=False, flip=False, jitter=0.4)
+    jittered = augment(images, 6, AugmentSettings(random_crop=False, flip=False, jitter=0.4))
     assert jittered.min() >= 0 and jittered.max() <= 255 and not torch.equal(jittered, images.float())
 
 
@@ -205,7 +292,8 @@ def test_ddp_on_cpu_with_two_processes(aligned: Path, tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     argv = ["--output-dir", str(tmp_path), "--set", f"paths.aligned={aligned}", "--set", "facenet.epochs=2",
-            "--set", "facenet.batches_per_epoch=4", "--set", "facenet.preload=false"]
+            "--set", "facenet.batches_per_epoch=4", "--set", "facenet.preload=false",
+            "--set", "facenet.loss=cosface", "--set", "facenet.triplet_finetune_epochs=1"]  # the head replicated
     for item in TINY:
         argv += ["--set", item]
     torch.multiprocessing.start_processes(_ddp_process, args=(port, argv), nprocs=2, start_method="fork")
@@ -213,6 +301,7 @@ def test_ddp_on_cpu_with_two_processes(aligned: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == ["1", "2"] and int(rows[-1]["step"]) == 4, "4 batches shared by 2 processes"
     assert (tmp_path / "best.pt").is_file() and len(_rows(tmp_path / "metrics_val.csv")) == 2
     assert "bad_inputs" in json.loads((tmp_path / "report.json").read_text())
+    assert rows[0]["train_accuracy"] and rows[1]["triplet_accuracy"], "a cosface epoch, then a triplet epoch"
 
 
 def test_checkpoint_records_the_input_standardization(tmp_path: Path) -> None:

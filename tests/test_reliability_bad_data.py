@@ -331,7 +331,7 @@ def test_facenet_skips_bad_crops_and_pairs_with_missing_images(mixed_root: dict,
     config = load_config(None, [f"paths.data_root={mixed_root['root']}", *FACENET])
     log = BadInputLog()
     with pytest.warns(UserWarning, match="skipped"):
-        crops, classes = load_training_crops(config, config.facenet_path("train_images"), 0, log, False)
+        crops, classes = load_training_crops(config, config.train_roots(), 0, log, False)
     assert len(crops) == 12 * 5 + 5 + len(ODD_VALID), "every valid crop is read, grey, 16-bit and CMYK ones too"
     assert "José María 000" in classes
 

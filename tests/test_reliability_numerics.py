@@ -112,7 +112,7 @@ def test_facenet_infinite_loss_stops_with_one_line_and_keeps_the_last_checkpoint
 def test_facenet_skip_flag_skips_a_nan_batch_without_poisoning_batchnorm(
         aligned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A NaN batch of images: its forward pass moves the batch-norm running statistics to NaN, which a skip must undo.
-    step_for, augment = task_module.TripletTask.step_for, task_module.augment
+    step_for, augment = task_module.EmbedderTask.step_for, task_module.augment
     where = {"epoch": -1, "batch": 0}
 
     def track_epoch(task, epoch):
@@ -127,7 +127,7 @@ def test_facenet_skip_flag_skips_a_nan_batch_without_poisoning_batchnorm(
                 out = torch.full_like(out, math.nan)
         return out
 
-    monkeypatch.setattr(task_module.TripletTask, "step_for", track_epoch)
+    monkeypatch.setattr(task_module.EmbedderTask, "step_for", track_epoch)
     monkeypatch.setattr(task_module, "augment", nan_second_batch_of_epoch_two)
     with pytest.warns(RuntimeWarning, match=r"skipped a batch with a non-finite loss \(nan\) at epoch 2"):
         assert _facenet(aligned, tmp_path, "--skip-nonfinite") == 0

@@ -1,7 +1,8 @@
-"""Embedder training pieces (FaceNet, Schroff et al. 2015): aligned face crops and pairs sets (``crops``),
-P x K batches (``samplers``), triplet mining and loss (``triplet``), the model and its checkpoint record
-(``model``), one epoch (``epoch``) and validation by the LFW protocol (``validation``). ``train_facenet.py``
-wires them into a run."""
+"""Embedder training pieces: aligned face crops and pairs sets (``crops``), on-device augmentation
+(``augment``), P x K batches (``samplers``), the losses: triplet mining and loss (FaceNet, Schroff et al. 2015;
+``triplet``) and ArcFace/CosFace margin heads (``margin``), the model and its checkpoint record (``model``), the
+engine task (``task``) and validation by the LFW protocol (``validation``). ``train_facenet.py`` wires them into
+a run."""
 from utils.exports import lazy_exports
 
 _EXPORTS = {
@@ -10,7 +11,8 @@ _EXPORTS = {
     "PKBatchSampler": "training.facenet.samplers",
     "TripletLoss": "training.facenet.triplet",
     "build_model": "training.facenet.model", "architecture": "training.facenet.model",
-    "train_one_epoch": "training.facenet.epoch",
+    "MarginHead": "training.facenet.margin",
+    "AugmentSettings": "training.facenet.augment", "augment": "training.facenet.augment",
     "evaluate": "training.facenet.validation",
 }
 __all__ = sorted(_EXPORTS)

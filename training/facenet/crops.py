@@ -1,4 +1,4 @@
-"""Aligned face crops for the embedder: decoding, the crop dataset, batched augmentation and LFW-style pairs sets.
+"""Aligned face crops for the embedder: decoding, the crop dataset, training roots and LFW-style pairs sets.
 
 Used by ``train_facenet.py`` (training and validation), the export calibration and the benchmarks.
 """
@@ -116,47 +116,22 @@ def training_side(config: Config) -> int:
                round(config.align.train_size * config.facenet.input_size / config.align.eval_size))
 
 
-def load_training_crops(config: Config, root: Path, workers: int, log: BadInputLog,
+def load_training_crops(config: Config, roots: list[Path], workers: int, log: BadInputLog,
                         progress: bool) -> tuple[FaceCrops, list[str]]:
-    """The identity folders of training crops (every identity kept here; the sampler decides who trains)."""
-    folder = IdentityFolder(root)
-    paths = [path for path, _ in folder.samples]
-    crops = FaceCrops(paths, folder.targets, training_side(config), preload=config.facenet.preload, workers=workers,
+    """The identity folders of training crops under every root (every identity kept here; the sampler decides who
+    trains). With several roots a person's name is prefixed by its root's index, so that two datasets' folders of
+    the same name stay two people."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    classes: list[str] = []
+    for number, root in enumerate(roots):
+        folder = IdentityFolder(root)
+        paths += [path for path, _ in folder.samples]
+        labels += [len(classes) + label for label in folder.targets]
+        classes += [f"{number}/{name}" if len(roots) > 1 else name for name in folder.classes]
+    crops = FaceCrops(paths, labels, training_side(config), preload=config.facenet.preload, workers=workers,
                       log=log, progress=progress, desc="training crops")
-    return crops, folder.classes
-
-
-def augment(images: Tensor, size: int, random_crop: bool = True, flip: bool = True, jitter: float = 0.0) -> Tensor:
-    """uint8 crops [B, 3, S, S] -> float 0..255 [B, 3, size, size]: random (else centre) crop, random horizontal
-    flip and brightness/contrast/saturation jitter of strength ``jitter``, all drawn per image, batched on the
-    device."""
-    batch, _, side, _ = images.shape
-    device = images.device
-    if side < size:
-        raise ValueError(f"crops of {side} px cannot give {size} px inputs")
-    if side == size:
-        x = images.float()
-    elif random_crop:
-        offsets = torch.randint(0, side - size + 1, (batch, 2), device=device)
-        steps = torch.arange(size, device=device)
-        rows = (offsets[:, 0, None] + steps)[:, :, None]
-        cols = (offsets[:, 1, None] + steps)[:, None, :]
-        x = images[torch.arange(batch, device=device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).float()
-    else:
-        start = (side - size) // 2
-        x = images[:, :, start:start + size, start:start + size].float()
-    if flip:
-        mirrored = torch.rand(batch, device=device) < 0.5
-        x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
-    if jitter > 0:
-        factors = 1.0 + (torch.rand(batch, 3, device=device) * 2.0 - 1.0) * jitter
-        brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
-        x = x * brightness
-        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        x = grey + (x - grey) * saturation
-        x = grey.mean(dim=(2, 3), keepdim=True) + (x - grey.mean(dim=(2, 3), keepdim=True)) * contrast
-        x = x.clamp(0.0, 255.0)
-    return x.contiguous()
+    return crops, classes
 
 
 @dataclass

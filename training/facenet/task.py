@@ -1,6 +1,7 @@
-"""Embedder training as a task of the training engine: P x K batches augmented on the device, the triplet
-loss with online mining, validation by the LFW protocol on a pairs set, batch-norm calibration before the
-first step, which settings cannot change when a run is resumed, and the final report."""
+"""Embedder training as a task of the training engine: P x K batches augmented on the device, the loss (the
+triplet loss with online mining, or an ArcFace/CosFace margin head over the training identities, optionally
+followed by triplet fine-tuning), validation by the LFW protocol on a pairs set, batch-norm calibration before
+the first step, which settings cannot change when a run is resumed, and the final report."""
 from __future__ import annotations
 
 import itertools
@@ -13,8 +14,9 @@ from torch.utils.data import DataLoader
 
 from config import Config, FaceNetConfig
 from models.system import load_embedder
-from training.engine import StepFn, StepOutput, Task, Trainer, TrainingState
-from training.facenet.crops import CropBatch, PairsSet, augment
+from training.engine import StepFn, StepOutput, Task, Trainer, TrainingState, unwrap
+from training.facenet.augment import AugmentSettings, augment
+from training.facenet.crops import CropBatch, PairsSet
 from training.facenet.model import architecture
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import STAT_NAMES, evaluate, save_roc
@@ -28,10 +30,13 @@ KIND = "facenet"
 
 # What a resumed run cannot change: the network's shape and input (its weights would not fit or would mean
 # something else), the face framing its crops were cut with, the optimizer kind (its saved moments), the loss
-# kind, the accumulation its pending gradients were scaled for, and the weights it started from.
+# kinds and where the switch between them falls, the identities the margin head has one weight for, the
+# accumulation its pending gradients were scaled for, and the weights it started from.
 FIXED_ON_RESUME = tuple(f"facenet.{key}" for key in (
     "backbone", "embedding_size", "input_size", "width", "standardization", "pretrained", "optimizer", "mining",
-    "squared", "accumulate")) + tuple(f"align.{key}" for key in ("train_size", "eval_size", "margin", "method"))
+    "squared", "accumulate", "loss", "triplet_finetune_epochs", "train_images")) + tuple(
+    f"align.{key}" for key in ("train_size", "eval_size", "margin", "method"))
+MARGIN_STAT_NAMES = ("train_accuracy", "mean_target_cos", "mean_max_other_cos")
 
 
 @torch.no_grad()
@@ -53,7 +58,7 @@ def calibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.devi
     model.train()
     for batch in itertools.islice(iter(loader), batches):
         images = batch.images[batch.valid].to(device, non_blocking=True)
-        model(augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter))
+        model(augment(images, cfg.input_size, AugmentSettings.of(cfg)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
 
@@ -67,10 +72,11 @@ def result_row(result: VerificationResult, losses: dict[str, float], pairs: Pair
     return row
 
 
-class TripletTask(Task):
-    """The embedder trained with the triplet loss and online mining on P x K batches (random crop, flip and
-    colour jitter on the device), validated every ``val_every`` epochs on the pairs set (in the main process)
-    by pair accuracy, ties going to the better ROC AUC."""
+class EmbedderTask(Task):
+    """The embedder trained on P x K batches augmented on the device, with the triplet loss and online mining
+    (``facenet.loss`` triplet), or with a margin ``head`` over the training identities for the first
+    ``cfg.margin_epochs()`` epochs and the triplet loss after them; validated every ``val_every`` epochs on the
+    pairs set (in the main process) by pair accuracy, ties going to the better ROC AUC."""
 
     unit = "images"
 
@@ -78,27 +84,44 @@ class TripletTask(Task):
                  log: BadInputLog, run_dir: Path) -> None:
         self.trainer, self.config, self.cfg = trainer, config, config.facenet
         self.loss_fn, self.pairs, self.log, self.run_dir = loss_fn, pairs, log, run_dir
+        self.augmentation = AugmentSettings.of(config.facenet)
         self.result: VerificationResult | None = None  # the latest validation
 
-    def step(self, batch: CropBatch) -> StepOutput:
-        """Triplet loss and mining statistics of one batch (unreadable crops are reported and left out)."""
-        cfg, device = self.cfg, self.trainer.device
+    def _inputs(self, batch: CropBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's augmented inputs and labels on the device (unreadable crops reported and left out)."""
         for path, reason in batch.errors:
             self.log.report(DataError(path, reason))
         images, labels = batch.images, batch.labels
         if batch.errors:
             images, labels = images[batch.valid], labels[batch.valid]
+        device = self.trainer.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        inputs = augment(images, cfg.input_size, cfg.random_crop, cfg.flip, cfg.color_jitter)
+        return augment(images, self.cfg.input_size, self.augmentation), labels
+
+    def triplet_step(self, batch: CropBatch) -> StepOutput:
+        """Triplet loss and mining statistics of one batch."""
+        inputs, labels = self._inputs(batch)
         with self.trainer.autocast():
             embeddings = self.trainer.model(inputs)
         loss, stats = self.loss_fn(embeddings.float(), labels)
         return StepOutput(loss, {name: getattr(stats, name) for name in STAT_NAMES}, len(labels))
 
+    def margin_step(self, batch: CropBatch) -> StepOutput:
+        """Margin-softmax loss of one batch over the training identities, the margin ramped up over the first
+        ``margin_warmup_steps`` optimizer steps; the head's accuracy and cosines as statistics."""
+        inputs, labels = self._inputs(batch)
+        head = self.trainer.modules["head"]
+        ramp = self.cfg.margin_warmup_steps
+        unwrap(head).margin = self.cfg.head_margin * min(1.0, self.trainer.state.step / ramp if ramp else 1.0)
+        with self.trainer.autocast():
+            embeddings = self.trainer.model(inputs)
+        loss, stats = head(embeddings.float(), labels)
+        return StepOutput(loss, {name: getattr(stats, name) for name in MARGIN_STAT_NAMES}, len(labels))
+
     def step_for(self, epoch: int) -> StepFn:
-        """The same step in every epoch."""
-        return self.step
+        """The margin step for the first ``margin_epochs()`` epochs, the triplet step after them."""
+        return self.margin_step if epoch < self.cfg.margin_epochs() else self.triplet_step
 
     def validate(self, epoch: int) -> tuple[float | None, dict[str, Any]]:
         """The LFW protocol on the pairs set every ``val_every`` epochs and after the last (main process only)."""
@@ -118,12 +141,18 @@ class TripletTask(Task):
         return {"embedder": architecture(self.config)}
 
     def describe(self, epoch: int, train: dict[str, float], val: dict[str, Any]) -> str:
-        """Loss, active triplets, triplet accuracy, distances, throughput; the validation figures when validated."""
+        """Loss, its statistics (active triplets, triplet accuracy and distances; or the head's accuracy and
+        cosines), throughput; the validation figures when validated."""
         nan = float("nan")
-        message = (f"epoch {epoch}/{self.cfg.epochs}: loss {train.get('loss', nan):.4f}, active "
-                   f"{train.get('active_fraction', nan):.3f}, triplet acc {train.get('triplet_accuracy', nan):.3f}, "
-                   f"d+ {train.get('mean_pos_dist', nan):.3f} d- {train.get('mean_neg_dist', nan):.3f}; "
-                   f"{train['images_per_s']:.0f} img/s")
+        message = f"epoch {epoch}/{self.cfg.epochs}: loss {train.get('loss', nan):.4f}, "
+        if "train_accuracy" in train:
+            message += (f"{self.cfg.loss} head acc {train['train_accuracy']:.3f}, cos own "
+                        f"{train.get('mean_target_cos', nan):.3f} other {train.get('mean_max_other_cos', nan):.3f}")
+        else:
+            message += (f"active {train.get('active_fraction', nan):.3f}, triplet acc "
+                        f"{train.get('triplet_accuracy', nan):.3f}, d+ {train.get('mean_pos_dist', nan):.3f} "
+                        f"d- {train.get('mean_neg_dist', nan):.3f}")
+        message += f"; {train['images_per_s']:.0f} img/s"
         if val:
             message += (f"; val acc {val['val_accuracy']:.4f} +- {val['val_accuracy_std']:.4f}, AUC "
                         f"{val['val_auc']:.4f}, VAL@FAR={self.cfg.far_target:g} {val['val_val']:.4f}"
@@ -138,7 +167,8 @@ def finish(run_dir: Path, config: Config, logger: RunLogger, best_path: Path, pa
     history: dict[str, list[float]] = {}
     if train_rows:
         history["loss/train"] = [float(r["loss"]) for r in train_rows]
-        history["triplet accuracy/train"] = [float(r["triplet_accuracy"]) for r in train_rows]
+        for column, label in (("triplet_accuracy", "triplet accuracy"), ("train_accuracy", "head accuracy")):
+            history[f"{label}/train"] = [float(r[column]) for r in train_rows if r.get(column) not in (None, "")]
     if val_rows:
         history["loss/val"] = [float(r["val_loss"]) for r in val_rows if r.get("val_loss") not in (None, "")]
         history["val accuracy"] = [float(r["val_accuracy"]) for r in val_rows]
