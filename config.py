@@ -117,8 +117,8 @@ class RuntimeConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     strict: bool = False  # stop at the first bad input instead of skipping and counting it
     deterministic: bool = False  # cudnn deterministic kernels (slower)
-    # torch.compile the embedder's training forward (one-off compile time, then faster steps; bench_facenet.py
-    # throughput measures both on your machine)
+    # torch.compile the embedder's training steps (a one-off compile, about 1-2 minutes on a CPU, then faster
+    # steps: `python -m bench.bench_facenet throughput --compile` measures both on your machine)
     compile: bool = False
 
 

@@ -91,7 +91,9 @@ def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: t
     pairs = load_pairs_set(pairs_file, images, model.input_size, log, workers, progress=True)
     flip = args.flip or cfg.val_flip
     result, _, scores = evaluate(model, pairs, device, cfg, None, flip)
-    out_dir = run_dir / f"test_{pairs_file.parent.name or 'pairs'}"
+    # one folder per pairs file: test_<folder>, with the file's stem added when it is not the usual pairs.txt
+    suffix = "" if pairs_file.stem == "pairs" else f"_{pairs_file.stem}"
+    out_dir = run_dir / f"test_{pairs_file.parent.name or 'pairs'}{suffix}"
     report = {"weights": str(weights), "pairs": str(pairs_file), "images": str(images), "flip": flip,
               "pairs_dropped": pairs.dropped, **result.as_dict(),
               "fold_accuracies": result.fold_accuracies, "fold_thresholds": result.fold_thresholds}
@@ -154,8 +156,6 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
         pairs = load_pairs_set(config.facenet_path("val_pairs"), config.facenet_path("val_images"), cfg.input_size, log,
                                workers, progress=True)
     model = build_model(cfg)
-    if config.runtime.compile:
-        model.compile()  # in place: the state_dict keeps its names, so checkpoints are the same either way
     modules = {}
     if cfg.loss != "triplet":
         modules["head"] = MarginHead(cfg.embedding_size, len(classes), cfg.loss, cfg.head_scale, cfg.head_margin)

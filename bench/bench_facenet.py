@@ -4,15 +4,18 @@ embedder beside the Eigenfaces (pixel-PCA) baseline on the same pairs.
 Run from the repo root (``--config``/``--set`` as for every script: the data paths and presets come from there):
 
     .venv/bin/python -m bench.bench_facenet throughput --backbone both --steps 8 --repeats 3
+    .venv/bin/python -m bench.bench_facenet throughput --backbone mobilefacenet --compile \
+        --config configs/facenet_celeba.json      # eager vs torch.compile, the margin head's loop
     .venv/bin/python -m bench.bench_facenet embed --backbone both
     .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
-``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device augmentation,
-triplet mining, AMP/accumulation step runner, statistics) and of a bare forward + backward + optimizer step of
-the same model on a random batch of the same shape, alternated ``--repeats`` times (best of each kept, so load
-from other processes distorts the ratio least), per wall-clock second and per CPU second of this process
-(on a shared machine the CPU-time ratio is the steadier one; with DataLoader workers, wall time is the
-honest one). Training crops come from ``facenet.train_images`` when they
+``throughput``: images/s of the training engine's epoch (``Trainer.train_epoch``: data loader, on-device
+augmentation, the configured loss (triplet mining, or the margin head), AMP/accumulation step runner,
+statistics) and of a bare forward + backward + optimizer step of the same model on a random batch of the same
+shape, alternated ``--repeats`` times (best of each kept, so load from other processes distorts the ratio
+least), per wall-clock second and per CPU second of this process (on a shared machine the CPU-time ratio is
+the steadier one; with DataLoader workers, wall time is the honest one); ``--compile`` adds the loop with
+``runtime.compile`` and its one-off compile time. Training crops come from ``facenet.train_images`` when they
 exist, else random crops of the same size (the loop is the same). ``embed``: ``Embedder.embed`` images/s,
 with and without flip test-time augmentation. ``compare``: LFW-protocol accuracy of each ``--weights``
 embedder and of Eigenfaces (``datasets.synthetic.eval.eigenfaces_verification``: PCA fitted on the training
@@ -38,6 +41,7 @@ from datasets.synthetic.eval import eigenfaces_verification
 from models.system import load_embedder
 from training.engine import EpochLoader, OptimSettings, StepRunner, Trainer
 from training.facenet.crops import FaceCrops, load_pairs_set, load_training_crops, training_side
+from training.facenet.margin import MarginHead
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
 from training.facenet.task import EmbedderTask
@@ -65,6 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="throughput: timed steps for Inception-ResNet-v1 (slow on a CPU)")
     parser.add_argument("--inception-identities", type=int, default=4,
                         help="throughput: P (identities per batch) for Inception-ResNet-v1; 0 = the configured P")
+    parser.add_argument("--compile", action="store_true",
+                        help="throughput: also time the loop with runtime.compile (torch.compile) and its compile cost")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of loop and bare model")
     parser.add_argument("--images", type=int, default=512, help="embed: images embedded per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -140,7 +146,8 @@ def _bare_rates(model: torch.nn.Module, steps: StepRunner, batch: int, size: int
 
 
 def throughput(config: Config, backbone: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Loop and bare images/s for one backbone (best of the alternated repeats) and their ratio."""
+    """Loop and bare images/s for one backbone (best of the alternated repeats) and their ratio; with
+    ``--compile`` also the loop with ``runtime.compile`` (its first epoch, which compiles, timed apart)."""
     config = _backbone_config(config, backbone, args.inception_identities)
     cfg = config.facenet
     count = args.inception_steps if backbone == "inception_resnet_v1" else args.steps
@@ -151,22 +158,45 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
                              batches_per_epoch=count, num_replicas=1, rank=0)
     batches = EpochLoader(crops, sampler, 0, collate_fn=keep_batch, pin_memory=device.type == "cuda")
     settings = replace(OptimSettings.of(cfg), accumulate=1, schedule="constant", warmup_steps=0)
-    trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device), amp=config.runtime.amp)
-    task = EmbedderTask(trainer, config, TripletLoss(cfg.margin, cfg.mining, cfg.squared), None, log, Path("."))
+    modules = {}
+    if cfg.loss != "triplet":
+        modules["head"] = MarginHead(cfg.embedding_size, int(crops.labels.max()) + 1, cfg.loss, cfg.head_scale,
+                                     cfg.head_margin)
+    trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device), modules=modules,
+                      amp=config.runtime.amp)
+    loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
+    tasks = {"eager": EmbedderTask(trainer, replace(config, runtime=replace(config.runtime, compile=False)), loss_fn,
+                                   None, log, Path("."))}
+    compile_seconds = float("nan")
+    if args.compile:
+        tasks["compiled"] = EmbedderTask(trainer, replace(config, runtime=replace(config.runtime, compile=True)),
+                                         loss_fn, None, log, Path("."))
+        with _Clock(device) as clock:
+            first = trainer.train_epoch(tasks["compiled"].step_for(0), 0, tasks["compiled"])
+        compile_seconds = clock.wall
     batch = cfg.identities_per_batch * cfg.images_per_identity
-    loop_rates, bare_rates = [], []
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in (*tasks, "bare")}
     _bare_rates(model, trainer.steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
     for repeat in range(args.repeats):
-        with _Clock(device) as clock:
-            stats = trainer.train_epoch(task.step_for(repeat), repeat, task)
-        images = stats["batches"] * batch
-        loop_rates.append((images / clock.wall, images / clock.cpu))
-        bare_rates.append(_bare_rates(model, trainer.steps, batch, cfg.input_size, device, count))
-    loop, bare = np.max(loop_rates, axis=0), np.max(bare_rates, axis=0)
-    return {"backbone": backbone, "input": cfg.input_size, "batch": batch, "steps": count, "data": source,
-            "loop_images_per_s": loop[0], "bare_images_per_s": bare[0], "ratio": loop[0] / bare[0],
-            "loop_images_per_cpu_s": loop[1], "bare_images_per_cpu_s": bare[1], "cpu_ratio": loop[1] / bare[1],
-            "loop_all": loop_rates, "bare_all": bare_rates}
+        for name, task in tasks.items():
+            with _Clock(device) as clock:
+                stats = trainer.train_epoch(task.step_for(repeat), repeat, task)
+            images = stats["batches"] * batch
+            rates[name].append((images / clock.wall, images / clock.cpu))
+        rates["bare"].append(_bare_rates(model, trainer.steps, batch, cfg.input_size, device, count))
+    best = {name: np.max(values, axis=0) for name, values in rates.items()}
+    loop, bare = best["eager"], best["bare"]
+    row = {"backbone": backbone, "loss": cfg.loss, "input": cfg.input_size, "batch": batch, "steps": count,
+           "data": source, "loop_images_per_s": loop[0], "bare_images_per_s": bare[0], "ratio": loop[0] / bare[0],
+           "loop_images_per_cpu_s": loop[1], "bare_images_per_cpu_s": bare[1], "cpu_ratio": loop[1] / bare[1],
+           "loop_all": rates["eager"], "bare_all": rates["bare"]}
+    if args.compile:
+        compiled = best["compiled"]
+        # the first compiled epoch minus what its steps take once compiled: the one-off compile cost
+        row.update(compiled_images_per_s=compiled[0], compiled_speedup=compiled[0] / loop[0],
+                   compile_seconds=compile_seconds - first["batches"] * batch / compiled[0],
+                   compiled_all=rates["compiled"])
+    return row
 
 
 def embed_rate(config: Config, backbone: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -238,11 +268,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"device {device}, {torch.get_num_threads()} CPU threads")
     if args.what == "throughput":
         rows = [throughput(config, b, args, device) for b in backbones]
-        print(_table(rows, [("backbone", "backbone", ""), ("input", "input", "d"), ("batch", "batch", "d"),
-                            ("loop img/s", "loop_images_per_s", ".1f"), ("bare img/s", "bare_images_per_s", ".1f"),
+        print(_table(rows, [("backbone", "backbone", ""), ("loss", "loss", ""), ("input", "input", "d"),
+                            ("batch", "batch", "d"), ("loop img/s", "loop_images_per_s", ".1f"),
+                            ("bare img/s", "bare_images_per_s", ".1f"),
                             ("loop / bare", "ratio", ".3f"), ("loop img/CPU-s", "loop_images_per_cpu_s", ".1f"),
                             ("bare img/CPU-s", "bare_images_per_cpu_s", ".1f"),
                             ("loop / bare (CPU)", "cpu_ratio", ".3f")]))
+        if args.compile:
+            print(_table(rows, [("backbone", "backbone", ""), ("eager loop img/s", "loop_images_per_s", ".1f"),
+                                ("compiled loop img/s", "compiled_images_per_s", ".1f"),
+                                ("compiled / eager", "compiled_speedup", ".3f"),
+                                ("compile s", "compile_seconds", ".0f")]))
         print("data: " + "; ".join(f"{r['backbone']}: {r['data']}" for r in rows))
     elif args.what == "embed":
         rows = [embed_rate(config, b, args, device) for b in backbones]

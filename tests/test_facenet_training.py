@@ -180,6 +180,12 @@ def test_margin_loss_learns_and_its_head_stays_out_of_the_embedder(aligned: Path
     model = load_embedder(tmp_path / "best.pt", torch.device("cpu"))
     assert model.embedding_size == 32
 
+    from bench.bench_recipes import summarize, table  # the recipe table and curve read this run as it is
+    row = summarize(tmp_path)
+    assert row["recipe"].startswith(f"{loss} (s 16, m 0.2)") and row["steps"] == 100
+    assert row["held_out"] == pytest.approx(max(accuracy), abs=1e-9) and len(row["curve"][0]) == 20
+    assert row["curve"][0] == sorted(row["curve"][0]) and f"| {tmp_path.name} | {loss}" in table([row])
+
 
 def test_margin_then_triplet_resumes_exactly_across_the_switch(aligned: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,3 +148,21 @@ def plot_loss_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return save_figure(figure, path)
+
+
+def plot_accuracy_over_time(path: str | Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                            title: str = "validation accuracy over training time",
+                            ylabel: str = "pair accuracy") -> Path:
+    """One accuracy curve per named (minutes, accuracy) pair: recipes compared at the same wall-clock budget."""
+    figure = Figure(figsize=(6.5, 4.5))
+    ax = figure.add_subplot()
+    for name, (minutes, accuracy) in curves.items():
+        ax.plot(minutes, accuracy, marker="o", markersize=3, label=name)
+    ax.set_ylim(0.5, 1.0)  # chance to perfect on balanced pairs
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="lower right")
+    return save_figure(figure, path)

@@ -85,6 +85,9 @@ class EmbedderTask(Task):
         self.trainer, self.config, self.cfg = trainer, config, config.facenet
         self.loss_fn, self.pairs, self.log, self.run_dir = loss_fn, pairs, log, run_dir
         self.augmentation = AugmentSettings.of(config.facenet)
+        # runtime.compile: training steps run the compiled graph (sharing the model's parameters); validation and
+        # batch-norm calibration keep the eager model, whose other modes and batch sizes would each recompile
+        self.forward = torch.compile(trainer.model) if config.runtime.compile else trainer.model
         self.result: VerificationResult | None = None  # the latest validation
 
     def _inputs(self, batch: CropBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +106,7 @@ class EmbedderTask(Task):
         """Triplet loss and mining statistics of one batch."""
         inputs, labels = self._inputs(batch)
         with self.trainer.autocast():
-            embeddings = self.trainer.model(inputs)
+            embeddings = self.forward(inputs)
         loss, stats = self.loss_fn(embeddings.float(), labels)
         return StepOutput(loss, {name: getattr(stats, name) for name in STAT_NAMES}, len(labels))
 
@@ -115,7 +118,7 @@ class EmbedderTask(Task):
         ramp = self.cfg.margin_warmup_steps
         unwrap(head).margin = self.cfg.head_margin * min(1.0, self.trainer.state.step / ramp if ramp else 1.0)
         with self.trainer.autocast():
-            embeddings = self.trainer.model(inputs)
+            embeddings = self.forward(inputs)
         loss, stats = head(embeddings.float(), labels)
         return StepOutput(loss, {name: getattr(stats, name) for name in MARGIN_STAT_NAMES}, len(labels))
 
