@@ -231,7 +231,7 @@ def package(run_dir: str | Path, name: str, *, kind: str | None = None, root: st
     build.mkdir()
     try:
         records = BUILDERS[kind](run_dir, build)
-        atomic_write_json(build / "eval.json", {"entry": name, "evaluations": records})
+        atomic_write_json(build / "eval.json", {"entry": name, "datasets": list(datasets), "evaluations": records})
         files = sorted([*(p.name for p in build.iterdir()), "MODEL.md", SUMS_FILE])
         atomic_write_text(build / "MODEL.md", model_card(name, files, records, datasets, trained_on, command,
                                                          wall_time, machine))

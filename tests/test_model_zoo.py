@@ -18,6 +18,7 @@ from torchvision.ops import box_iou
 from config import load_config
 from datasets.fddb import FddbAnnotation, write_fddb_ellipses
 from datasets.lfw import Pair, write_pairs
+from datasets.synthetic import SyntheticSpec, generate_synthetic_set
 from datasets.wider import WiderAnnotation, wider_split_paths, write_wider_annotations, write_wider_keep_list
 from deploy import evaluate as zoo_evaluate, package as zoo_package
 from models.detector import FaceDetector
@@ -363,10 +364,24 @@ def mean_cosines(embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, flo
     return float(cosine[same & off_diagonal].mean()), float(cosine[~same].mean())
 
 
+def two_people_photos(entry: Path, shared_data: Path, tmp_path: Path) -> list[Path]:
+    """8 photos each of two people the entry's embedder never saw, from the kind of faces it was trained on:
+    LFW's for real-data embedders, newly generated synthetic people (another seed) for synthetic ones."""
+    if "synthetic" not in json.loads((entry / "eval.json").read_text()).get("datasets", []):
+        lfw12 = shared_data / "lfw_top12_100px" / "images"
+        return [p for person in PEOPLE[:2] for p in sorted((lfw12 / person).glob("*.jpg"))[:8]]
+    spec = SyntheticSpec(seed=99, train_scenes=0, val_scenes=0, landmark_train=0, landmark_test=0, train_identities=2,
+                         images_per_identity=8, val_identities=4, val_images_per_identity=2, val_folds=2,
+                         val_pairs_per_fold=1, test_identities=4, test_images_per_identity=2, test_folds=2,
+                         test_pairs_per_fold=1)
+    generate_synthetic_set(tmp_path / "synthetic", spec, workers=1, progress=False)
+    return sorted((tmp_path / "synthetic" / "identities").glob("*/*.jpg"))
+
+
 @pytest.mark.parametrize("name", COMMITTED or [pytest.param(None,
                                                            marks=pytest.mark.skip(reason="no entries committed"))])
 def test_a_committed_entry_loads_and_works(name: str, pretrained_mtcnn: Path, shared_data: Path,
-                                           multiface: np.ndarray) -> None:
+                                           multiface: np.ndarray, tmp_path: Path) -> None:
     """Checksums match; the entry loads by name; its cascade finds the group photo's 6 faces (one miss allowed:
     a trained cascade may trail the original weights a little); its embedder tells two people apart."""
     entry = resolve_entry(name, REPO / "weights")
@@ -380,8 +395,7 @@ def test_a_committed_entry_loads_and_works(name: str, pretrained_mtcnn: Path, sh
         detector = entry if has_cascade(entry) else pretrained_mtcnn
         matcher = entry if (entry / MATCHER_FILE).is_file() else None
         system = FaceRecognitionSystem.from_files(entry, detector=(detector,) * 3, matcher=matcher)
-        lfw12 = shared_data / "lfw_top12_100px" / "images"
-        photos = [p for person in PEOPLE[:2] for p in sorted((lfw12 / person).glob("*.jpg"))[:8]]
+        photos = two_people_photos(entry, shared_data, tmp_path)
         embeddings, _ = system.embed_images(photos)
         same, different = mean_cosines(embeddings, np.repeat([0, 1], 8))
         assert same > different + 0.1, f"{name}: same-person cosine {same:.3f}, different-person {different:.3f}"
