@@ -32,7 +32,7 @@ from sklearn.svm import LinearSVC
 from config import Calibration, Classifier, GalleryScoring, ThresholdMetric
 from utils.atomic import atomic_write_text
 from utils.errors import DataError
-from utils.metrics import pair_scores, threshold_at_far
+from utils.metrics import deal_folds, pair_scores, threshold_at_far
 
 MATCHER_FORMAT = "face-matcher"
 MATCHER_VERSION = 1
@@ -385,8 +385,7 @@ def identity_groups(labels: np.ndarray, folds: int, rng: np.random.Generator) ->
     values, counts = np.unique(labels, return_counts=True)
     usable = values[counts >= 2]
     groups = np.full(int(labels.max()) + 1 if labels.size else 0, -1, dtype=np.int64)
-    order = rng.permutation(usable)
-    groups[order] = np.arange(len(order)) % max(folds, 1)
+    groups[usable] = deal_folds(len(usable), folds, rng)
     return groups
 
 
