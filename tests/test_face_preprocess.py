@@ -44,7 +44,7 @@ def test_align_path_and_system_cut_identical_crops(shared_data: Path, pretrained
                             "system.detect_batch_images=4", "runtime.device=cpu"])
     written: dict[str, np.ndarray] = {}
     monkeypatch.setattr(align_module, "write_image", lambda path, pixels, quality: written.update({str(path): pixels}))
-    photos, _ = list_photos(source)
+    photos, _, _ = list_photos(source)
     a = config.align
     report = align_photos(photos, [CropTarget(tmp_path / "aligned", a.eval_size, a.margin)],
                           detector_for_alignment(config), tmp_path / "progress.tsv", method=a.method, select=a.select,
