@@ -14,10 +14,12 @@ from config import load_config
 from datasets.align_dataset import (
     PROGRESS_FILE,
     REPORT_FILE,
+    CropTarget,
     align_jobs,
     framing_margins,
     hold_out_identities,
     list_photos,
+    main_face_crops,
 )
 from datasets.lfw import read_pairs, write_pairs
 from datasets.pairs_builder import make_pairs
@@ -44,6 +46,15 @@ def test_face_choice_rules() -> None:
     assert main_face_order(_detections([]).boxes, 120, 120, "largest") == []
     with pytest.raises(ValueError, match="face selection"):
         main_face_order(faces.boxes, 120, 120, "first")
+
+
+def test_a_main_face_that_cannot_be_aligned_gives_no_crop(tmp_path: Path) -> None:
+    image = np.zeros((120, 120, 3), np.uint8)
+    faces = _detections([[10, 10, 70, 70]])  # its five landmarks coincide
+    target = CropTarget(tmp_path, 32, 0.0)
+    assert main_face_crops(image, faces, [target], "similarity", "largest") == [], "counted as no face, no traceback"
+    (crop,) = main_face_crops(image, faces, [target], "box", "largest")
+    assert crop.shape == (3, 32, 32)
 
 
 def test_training_crop_centre_is_the_evaluation_crop() -> None:
