@@ -52,7 +52,14 @@ from models.zoo import EMBEDDER_FILE, entry_file, is_entry
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
 from utils.errors import DataError
-from utils.metrics import VerificationResult, fine_tune_threshold, pair_scores, threshold_at_far, verification_metrics
+from utils.metrics import (
+    VerificationResult,
+    fine_tune_threshold,
+    fold_ids,
+    pair_scores,
+    threshold_at_far,
+    verification_metrics,
+)
 from utils.plots import plot_roc, plot_score_histograms
 from utils.seed import seed_everything
 
@@ -132,7 +139,7 @@ def fold_ids_for(pairs: PairsFile, folds: int) -> np.ndarray:
     count = min(count, n // 2)
     if count < 2:
         raise DataError(pairs.path or "pairs", f"{n} pairs are too few for cross-validation")
-    return np.concatenate([np.full(len(part), i) for i, part in enumerate(np.array_split(np.arange(n), count))])
+    return fold_ids(n, count)
 
 
 def embed_paths(system: FaceRecognitionSystem, paths: Sequence[str], desc: str) -> dict[str, np.ndarray | None]:

@@ -3,7 +3,8 @@
 Sources: identity folders of unaligned photos (VGGFace2, CASIA-WebFace, MS-Celeb-1M extracted, CelebA
 identity subsets, the synthetic set, LFW's ``images/``) or an insightface ``.rec``/``.idx`` pair. Per photo
 the detector runs (batched), one face is kept by rule (``largest`` box, or the most ``central``), and the
-face is aligned (5-point similarity, or box) and written in the same identity layout:
+face is aligned (5-point similarity, or box) and written in the same identity layout; the choice and the cut
+are the system's own (``models.face_preprocess``), so an evaluation crop is the crop the system would cut:
 
 * training sets: ``train_size`` crops (182 px: random 160 px crops of them are the training inputs);
 * evaluation sets (pairs files, held-out identities): ``eval_size`` crops (160 px).
@@ -25,27 +26,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
-from config import Config, FaceSelection
+from config import Config
 from datasets.decoding import decoded_batches
 from datasets.identity import IdentityFolder
 from datasets.lfw import write_pairs
 from datasets.pairs_builder import make_pairs
 from datasets.recordio import FaceRecordSet
-from models.alignment import align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
+from models.face_preprocess import cut_faces, main_face_order, select_faces
 from utils.atomic import atomic_write_text
 from utils.device import select_device
 from utils.errors import BadInputLog, ConfigError, DataError, name_some
 from utils.images import read_image, write_image
 
 ALIGN_DATASETS = ("synthetic", "lfw", "vggface2", "casia_webface", "ms_celeb_1m", "celeba", "folder")
-SELECT_RULES = get_args(FaceSelection)
 PROGRESS_FILE = ".align_progress.tsv"
 REPORT_FILE = "align_report.json"
 STATUSES = ("aligned", "no_face", "unreadable")
@@ -146,22 +147,6 @@ def framing_margins(train_size: int, eval_size: int, margin: float) -> tuple[flo
     return margin + train_size - eval_size, margin
 
 
-def choose_face(detections: Detections, height: int, width: int, rule: str = "largest") -> int | None:
-    """Index of the face to keep: the largest box, or the one whose centre is nearest the image centre."""
-    if rule not in SELECT_RULES:
-        raise ValueError(f"face selection rule must be one of {', '.join(SELECT_RULES)}, got {rule!r}")
-    if len(detections) == 0:
-        return None
-    boxes = detections.boxes.detach().cpu().double()
-    area = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
-    if rule == "largest":
-        return int(torch.argmax(area))
-    centre = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2], 1)
-    distance = centre.pow(2).sum(1)
-    nearest = distance <= distance.min() + 1e-6
-    return int(torch.argmax(torch.where(nearest, area, torch.full_like(area, -1.0))))
-
-
 def read_progress(path: Path) -> dict[str, tuple[str, int]]:
     """``{source: (status, faces)}`` from a progress file; a torn last line (a crash mid-write) is ignored."""
     done: dict[str, tuple[str, int]] = {}
@@ -217,11 +202,14 @@ def align_photos(photos: Sequence[Photo], targets: Sequence[CropTarget], detecto
             found = detector.detect([image for _, image in good]) if good else []
             for (i, image), detections in zip(good, found):
                 photo = todo[i]
-                chosen = choose_face(detections, image.shape[0], image.shape[1], select)
-                if chosen is None:
+                crops = main_face_crops(image, detections, targets, method, select)
+                if not crops:
                     lines.append(_record(report, photo, "no_face", 0))
                     continue
-                _write_crops(image, detections, chosen, photo, targets, method, jpeg_quality)
+                for target, crop in zip(targets, crops):
+                    out = target.path(photo)
+                    if out is not None:
+                        write_image(out, crop.permute(1, 2, 0).numpy(), quality=jpeg_quality)
                 lines.append(_record(report, photo, "aligned", len(detections)))
             journal.write("".join(lines))
             journal.flush()
@@ -230,16 +218,16 @@ def align_photos(photos: Sequence[Photo], targets: Sequence[CropTarget], detecto
     return report
 
 
-def _write_crops(image: np.ndarray, detections: Detections, chosen: int, photo: Photo,
-                 targets: Sequence[CropTarget], method: str, jpeg_quality: int) -> None:
-    """Align the chosen face at each target's size and margin and write the crops atomically."""
-    points = detections.boxes[chosen:chosen + 1] if method == "box" else detections.landmarks[chosen:chosen + 1]
-    for target in targets:
-        out = target.path(photo)
-        if out is None:
-            continue
-        crop = align_faces(image, points.cpu(), size=target.size, margin=target.margin, method=method)[0]
-        write_image(out, crop.permute(1, 2, 0).numpy(), quality=jpeg_quality)
+def main_face_crops(image: np.ndarray, detections: Detections, targets: Sequence[CropTarget], method: str,
+                    select: str) -> list[Tensor]:
+    """The photo's main face (``models.face_preprocess``) cut at each target's size and margin; empty when the
+    photo has no face (or its main face cannot be aligned)."""
+    order = main_face_order(detections.boxes, image.shape[0], image.shape[1], select)
+    if not order:
+        return []
+    main = select_faces(detections.to("cpu"), order[:1])
+    crops = [cut_faces(image, main, target.size, target.margin, method)[0] for target in targets]
+    return [] if any(crop is None for crop in crops) else crops  # type: ignore[misc]
 
 
 def _count(report: AlignReport, photo: Photo, status: str, faces: int) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from datasets.lfw import Pair
 from utils.errors import DataError
+from utils.metrics import deal_folds
 
 FoldSplit = Literal["identity", "image"]
 
@@ -48,8 +49,8 @@ def _fold_members(images: dict[str, list[int]], folds: int, split: FoldSplit,
         if len(names) < 2 * folds:
             raise DataError(f"{len(names)} identities", f"cannot fill {folds} identity-disjoint folds (2 per fold "
                                                           "needed); use image-disjoint folds or fewer folds")
-        order = [names[i] for i in rng.permutation(len(names))]
-        return [{n: images[n] for n in sorted(order[f::folds])} for f in range(folds)]
+        fold_of = deal_folds(len(names), folds, rng)
+        return [{n: images[n] for n, f in zip(names, fold_of) if f == fold} for fold in range(folds)]
     members: list[dict[str, list[int]]] = [{} for _ in range(folds)]
     start = 0
     for name in names:  # each person's photos dealt round the folds, continuing where the last person stopped

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from config import load_config
 from datasets.identity import IdentityFolder
-from models.alignment import align_faces
 from models.detector import Detections, DetectorSettings, FaceDetector
 from models.embedder import Embedder
+from models.face_preprocess import AlignSettings, EmbedderRecord, cut_faces, resize_crops
 from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, NetOutput
 from models.onnx_nets import (
     EMBEDDER_OUTPUT,
@@ -52,7 +52,7 @@ from models.onnx_nets import (
     require,
     sidecar_path,
 )
-from models.system import read_embedder, resize_crops
+from models.system import read_embedder
 from models.weights import load_net, resolve_weights
 from training.facenet.augment import AugmentSettings, augment
 from training.facenet.crops import FaceCrops, training_side
@@ -282,14 +282,15 @@ def cascade_inputs(detector: FaceDetector, images: Sequence[np.ndarray], limit: 
     return {name: r.batches for name, r in recorders.items()}, detections
 
 
-def aligned_faces(images: Sequence[np.ndarray], detections: Sequence[Detections], input_size: int, size: int,
-                  margin: float, method: str) -> Tensor:
-    """Every detected face cut as the embedder's faces are (``size`` px, ``margin``, ``method``), then resized to
-    ``input_size``: uint8 [N, 3, input_size, input_size]."""
-    crops = [align_faces(image, found, size, margin, method) for image, found in zip(images, detections) if len(found)]
+def aligned_faces(images: Sequence[np.ndarray], detections: Sequence[Detections], input_size: int,
+                  cut: AlignSettings) -> Tensor:
+    """Every detected face cut as the embedder's faces are (:func:`models.face_preprocess.cut_faces` with
+    ``cut``), then resized to ``input_size``: uint8 [N, 3, input_size, input_size]."""
+    crops = [crop for image, found in zip(images, detections) if len(found)
+             for crop in cut_faces(image, found, cut.size, cut.margin, cut.method) if crop is not None]
     if not crops:
         return torch.empty(0, 3, input_size, input_size, dtype=torch.uint8)
-    return resize_crops(torch.cat(crops), input_size)
+    return resize_crops(torch.stack(crops), input_size)
 
 
 def photo_paths(sources: Sequence[str | Path], count: int) -> list[Path]:
@@ -440,11 +441,11 @@ def load_embedder_for_export(checkpoint: Path) -> tuple[Embedder, dict[str, Any]
 
 def embedder_faces(images: Sequence[np.ndarray], detections: Sequence[Detections], model: Embedder,
                    arch: dict[str, Any], align_config: Any) -> Tensor:
-    """The detected faces cut as the embedder's record says its faces were (``align_config`` fills what it does
-    not record), at the embedder's input size: uint8 [N, 3, s, s]."""
-    cut = arch.get("align") or {}
-    return aligned_faces(images, detections, model.input_size, int(cut.get("size", align_config.eval_size)),
-                         float(cut.get("margin", align_config.margin)), str(cut.get("method", align_config.method)))
+    """The detected faces cut as the embedder's record says its faces were (``align_config`` when it records
+    none), at the embedder's input size: uint8 [N, 3, s, s]."""
+    cut = EmbedderRecord.from_dict(arch).align or AlignSettings(align_config.eval_size, align_config.margin,
+                                                                align_config.method)
+    return aligned_faces(images, detections, model.input_size, cut)
 
 
 def export_embedder(model: Embedder, arch: dict[str, Any], checkpoint: Path, out_dir: Path, faces: Tensor,

@@ -12,7 +12,7 @@ _EXPORTS = {
     "Matcher": "models.matcher", "ThresholdMatcher": "models.matcher", "ClassifierMatcher": "models.matcher",
     "load_matcher": "models.matcher",
     "Gallery": "models.gallery",
-    "FaceRecognitionSystem": "models.system", "AlignSettings": "models.system",
+    "FaceRecognitionSystem": "models.system", "AlignSettings": "models.face_preprocess",
     "build_net": "models.mtcnn", "load_net": "models.weights",
     "list_entries": "models.zoo", "resolve_entry": "models.zoo", "verify_entry": "models.zoo",
 }

@@ -18,6 +18,7 @@ import torch
 
 from utils.atomic import atomic_path
 from utils.errors import DataError
+from utils.file_header import check_header
 
 GALLERY_FORMAT = "face-gallery"
 GALLERY_VERSION = 1
@@ -142,11 +143,7 @@ class Gallery:
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt bytes; all mean "unreadable"
             first = (str(exc).strip().splitlines() or ["unreadable"])[0]
             raise DataError(path, f"unreadable or truncated gallery file ({first})") from None
-        if not isinstance(state, dict) or state.get("format") != GALLERY_FORMAT:
-            raise DataError(path, "not a gallery file (no 'format: face-gallery' header)")
-        if state.get("version") != GALLERY_VERSION:
-            raise DataError(path,
-                            f"gallery file version {state.get('version')!r}; this toolkit reads {GALLERY_VERSION}")
+        check_header(state, path, GALLERY_FORMAT, GALLERY_VERSION, "gallery")
         stored = str(state["embedder_sha256"])
         if embedder_sha256 is not None and stored != embedder_sha256:
             raise GalleryModelMismatch(path, f"gallery holds embeddings of embedder {stored[:12]}, the embedder in use "

@@ -32,7 +32,8 @@ from sklearn.svm import LinearSVC
 from config import Calibration, Classifier, GalleryScoring, ThresholdMetric
 from utils.atomic import atomic_write_text
 from utils.errors import DataError
-from utils.metrics import pair_scores, threshold_at_far
+from utils.file_header import check_header
+from utils.metrics import deal_folds, pair_scores, threshold_at_far
 
 MATCHER_FORMAT = "face-matcher"
 MATCHER_VERSION = 1
@@ -385,8 +386,7 @@ def identity_groups(labels: np.ndarray, folds: int, rng: np.random.Generator) ->
     values, counts = np.unique(labels, return_counts=True)
     usable = values[counts >= 2]
     groups = np.full(int(labels.max()) + 1 if labels.size else 0, -1, dtype=np.int64)
-    order = rng.permutation(usable)
-    groups[order] = np.arange(len(order)) % max(folds, 1)
+    groups[usable] = deal_folds(len(usable), folds, rng)
     return groups
 
 
@@ -447,12 +447,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(path, f"not a matcher file (invalid JSON: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != MATCHER_FORMAT:
-        raise DataError(path, "not a matcher file (no 'format: face-matcher' header)")
-    if data.get("version") != MATCHER_VERSION:
-        raise DataError(path,
-                        f"matcher file version {data.get('version')!r}; this toolkit reads version {MATCHER_VERSION}")
-    return data
+    return check_header(data, path, MATCHER_FORMAT, MATCHER_VERSION, "matcher")
 
 
 def load_matcher(path: str | Path, embedder_sha256: str | None = None, embedding_size: int | None = None) -> Matcher:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from models.embedder import embed_in_batches
+from models.face_preprocess import EmbedderRecord
 from models.mtcnn import NET_INPUT_SIZE, NET_NAMES, NetOutput
 from utils.errors import DataError, ToolkitError
 from utils.hashing import sha256_file
@@ -161,22 +162,20 @@ class OnnxEmbedder:
     ``embed`` (batched, optional flip test-time augmentation), ``input_size``, ``embedding_size``.
 
     ``source_sha256`` is the SHA-256 of the PyTorch checkpoint it was exported from: matchers and galleries
-    made with that checkpoint apply to it. ``align`` is the checkpoint's record of how its faces were cut.
+    made with that checkpoint apply to it. ``record`` is the checkpoint's embedder record (with how its faces were cut).
     """
 
     def __init__(self, path: str | Path, threads: int = 0, device: torch.device | str | None = None) -> None:
         require("onnxruntime")
         self.path = Path(path)
         self.meta = read_sidecar(self.path, "embedder")
-        arch = self.meta.get("embedder")
         try:
-            self.input_size = int(arch["input_size"])
-            self.embedding_size = int(arch["embedding_size"])
+            self.record = EmbedderRecord.from_dict(self.meta.get("embedder"))
             self.source_sha256 = str(self.meta["source_sha256"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(sidecar_path(self.path), "sidecar lacks the embedder's input_size, embedding_size or "
-                                                     "source_sha256") from None
-        self.align: dict[str, Any] | None = arch.get("align") if isinstance(arch.get("align"), dict) else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(sidecar_path(self.path), f"sidecar lacks a complete embedder record or source_sha256 "
+                                                     f"({type(exc).__name__}: {exc})") from None
+        self.input_size, self.embedding_size = self.record.input_size, self.record.embedding_size
         self.precision = str(self.meta.get("precision", "fp32"))
         self.session = make_session(self.path, threads, device)
 

@@ -14,17 +14,24 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from config import Config, FaceSelection
-from models.alignment import METHODS as ALIGN_METHODS, align_faces
+from config import Config
 from models.detector import Detections, DetectorSettings, FaceDetector
 from models.embedder import Embedder
+from models.face_preprocess import (
+    AlignSettings,
+    EmbedderRecord,
+    centre_square,
+    cut_faces,
+    main_face_order,
+    resize_crops,
+    select_faces,
+)
 from models.gallery import Gallery, RebuildReport
 from models.matcher import Matcher, load_matcher
 from models.onnx_nets import OnnxEmbedder, resolve_onnx
@@ -37,40 +44,6 @@ from utils.images import read_image
 
 PIPELINE_STEPS = ("read", "detect", "align", "embed", "match")
 ImageInput = str | Path | np.ndarray
-
-
-FACE_SELECTION = get_args(FaceSelection)
-
-
-@dataclass
-class AlignSettings:
-    """How faces are cut out for the embedder, as its training crops were (``config.align``): output side
-    (0: the embedder's input size; crops of another size are resized by the embedder), margin, method, and
-    which face of a photo is its main face."""
-
-    size: int = 0
-    margin: float = 0.0
-    method: str = "similarity"
-    select: str = "largest"
-
-    def __post_init__(self) -> None:
-        if self.method not in ALIGN_METHODS:
-            raise ValueError(f"alignment method must be one of {', '.join(ALIGN_METHODS)}, got {self.method!r}")
-        if self.select not in FACE_SELECTION:
-            raise ValueError(f"face selection must be one of {', '.join(FACE_SELECTION)}, got {self.select!r}")
-
-
-def main_face_order(boxes: np.ndarray, height: int, width: int, select: str = "largest") -> list[int]:
-    """Face indices, main face first: by falling box area (``largest``) or by rising distance of the box
-    centre from the image centre (``central``, as for LFW-style photos centred on their subject)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if select == "largest":
-        key = -(boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    elif select == "central":
-        key = np.hypot((boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2)
-    else:
-        raise ValueError(f"face selection must be one of {', '.join(FACE_SELECTION)}, got {select!r}")
-    return np.argsort(key, kind="stable").tolist()
 
 
 @dataclass
@@ -149,31 +122,20 @@ class StageTimes:
 
 
 def read_embedder(path: Path, device: torch.device) -> tuple[Embedder, AlignSettings | None]:
-    """An :class:`Embedder` from a toolkit checkpoint (``model``: its state_dict; ``embedder``: the
-    ``Embedder.build`` arguments) and how its training faces were cut (the entry's ``align``, if recorded)."""
+    """An :class:`Embedder` from a toolkit checkpoint (``model``: its state_dict; ``embedder``: its
+    :class:`EmbedderRecord`) and how its training faces were cut (the record's ``align``, if any)."""
     state = load_checkpoint(path)
-    arch = state.get("embedder")
-    if not isinstance(arch, dict) or "model" not in state:
+    if not isinstance(state.get("embedder"), dict) or "model" not in state:
         raise DataError(path, "not an embedder checkpoint (needs 'model' and 'embedder' entries; train_facenet.py "
                               "writes them)")
     try:
-        model = Embedder.build(str(arch["backbone"]), embedding_size=int(arch["embedding_size"]),
-                               dropout=float(arch.get("dropout", 0.0)), input_size=int(arch["input_size"]),
-                               width=float(arch.get("width", 1.0)),
-                               standardization=str(arch.get("standardization", "fixed")))
-        align = recorded_align(arch.get("align"))
+        record = EmbedderRecord.from_dict(state["embedder"])
+        model = record.build()
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(path, f"embedder checkpoint has an incomplete architecture entry ({type(exc).__name__}: "
                               f"{exc})") from None
     load_model_state(model, state["model"], path)
-    return model.to(device).eval(), align
-
-
-def recorded_align(cut: Any) -> AlignSettings | None:
-    """The face cut an embedder's ``align`` record describes (None when it records none); KeyError/ValueError when
-    the record is incomplete."""
-    return None if not isinstance(cut, dict) else AlignSettings(int(cut["size"]), float(cut["margin"]),
-                                                                str(cut["method"]))
+    return model.to(device).eval(), record.align
 
 
 def open_embedder(path: Path, device: torch.device, fp16: bool = False
@@ -183,10 +145,7 @@ def open_embedder(path: Path, device: torch.device, fp16: bool = False
     ``python -m deploy.export`` on ONNX Runtime, known by its source checkpoint's SHA-256 (so the same matcher fits)."""
     if path.suffix == ".onnx":
         model = OnnxEmbedder(path, device=device)
-        try:
-            return model, recorded_align(model.align), model.source_sha256
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(path, f"sidecar has an incomplete align record ({type(exc).__name__}: {exc})") from None
+        return model, model.record.align, model.source_sha256
     model, recorded = read_embedder(path, device)
     if fp16 and device.type == "cuda":
         model = model.half()
@@ -197,17 +156,6 @@ def load_embedder(path: str | Path, device: torch.device) -> Embedder:
     """The :class:`Embedder` of a toolkit checkpoint (see :func:`read_embedder`) or of a model-zoo entry, on
     ``device``, in eval mode."""
     return read_embedder(entry_file(path, EMBEDDER_FILE), device)[0]
-
-
-def resize_crops(crops: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 crops [N, 3, s, s] -> [N, 3, side, side] by OpenCV area averaging (linear when enlarging), the
-    resizing train_facenet.py applies to its aligned crops, so the system feeds the embedder the same pixels."""
-    if crops.shape[-1] == side or len(crops) == 0:
-        return crops
-    method = cv2.INTER_AREA if crops.shape[-1] > side else cv2.INTER_LINEAR
-    resized = [cv2.resize(np.ascontiguousarray(c.permute(1, 2, 0).numpy()), (side, side), interpolation=method)
-               for c in crops]
-    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
 
 
 class FaceRecognitionSystem:
@@ -317,73 +265,57 @@ class FaceRecognitionSystem:
 
     def _faces_of(self, detections: Detections, image: np.ndarray, all_faces: bool) -> tuple[list[Face], Detections]:
         """Faces with the main face first (only that one unless ``all_faces``) and the matching Detections."""
-        boxes = detections.boxes.numpy()
-        order = main_face_order(boxes, image.shape[0], image.shape[1], self.align.select)
-        if not all_faces:
-            order = order[:1]
-        index = torch.as_tensor(order, dtype=torch.long)
-        landmarks = detections.landmarks
-        chosen = Detections(detections.boxes[index], detections.scores[index],
-                            None if landmarks is None else landmarks[index], detections.stage)
-        faces = [Face(boxes[i].astype(np.float64), float(detections.scores[i]),
-                      None if landmarks is None else landmarks[i].numpy().astype(np.float64)) for i in order]
+        order = main_face_order(detections.boxes, image.shape[0], image.shape[1], self.align.select)
+        chosen = select_faces(detections, order if all_faces else order[:1])
+        landmarks = chosen.landmarks
+        faces = [Face(chosen.boxes[k].numpy().astype(np.float64), float(chosen.scores[k]),
+                      None if landmarks is None else landmarks[k].numpy().astype(np.float64))
+                 for k in range(len(chosen))]
         return faces, chosen
 
-    def _align(self, image: np.ndarray, chosen: Detections) -> tuple[list[torch.Tensor | None], int]:
-        """Aligned uint8 crops, one per face (None where alignment failed), and the failure count."""
-        try:
-            crops = align_faces(image, chosen, self.align_size, self.align.margin, self.align.method)
-            return list(crops), 0
-        except ValueError:
-            pass
-        crops_or_none: list[torch.Tensor | None] = []
-        for k in range(len(chosen)):  # isolate the faces that cannot be aligned
-            one = Detections(chosen.boxes[k:k + 1], chosen.scores[k:k + 1],
-                             None if chosen.landmarks is None else chosen.landmarks[k:k + 1], chosen.stage)
-            try:
-                crops_or_none.append(align_faces(image, one, self.align_size, self.align.margin, self.align.method)[0])
-            except ValueError:
-                crops_or_none.append(None)
-        return crops_or_none, sum(c is None for c in crops_or_none)
+    def _cut(self, images: Sequence[ImageInput], all_faces: bool
+             ) -> tuple[list[ImageResult], list[tuple[Face, torch.Tensor]]]:
+        """Read, detect and align: per image its faces (main face first; only that one unless ``all_faces``), and
+        each face that could be aligned with its crop (``models.face_preprocess``)."""
+        read = self._read(list(images))
+        results = [ImageResult(name, error=error) for name, _, error in read]
+        usable = [i for i, (_, array, _) in enumerate(read) if array is not None]
+        arrays = [read[i][1] for i in usable]
+        detections = self._detect(arrays)
+        cut: list[tuple[Face, torch.Tensor]] = []
+        with self.times.stage("align", len(usable)):
+            for i, array, found in zip(usable, arrays, detections):
+                if found is None:  # aligned input: the image's centre square is the face
+                    square, box = centre_square(array)
+                    results[i].faces = [Face(box.astype(np.float64), 1.0, None)]
+                    cut.append((results[i].faces[0], torch.from_numpy(square).permute(2, 0, 1)))
+                    continue
+                if len(found) == 0:
+                    continue
+                faces, chosen = self._faces_of(found, array, all_faces)
+                results[i].faces = faces
+                aligned = cut_faces(array, chosen, self.align_size, self.align.margin, self.align.method)
+                results[i].alignment_failures = sum(crop is None for crop in aligned)
+                cut += [(face, crop) for face, crop in zip(faces, aligned) if crop is not None]
+        return results, cut
+
+    def crop_faces(self, images: Sequence[ImageInput], all_faces: bool = True) -> list[list[torch.Tensor]]:
+        """The aligned uint8 crops [3, s, s] of each image's faces (main face first; only that one unless
+        ``all_faces``): what the embedder gets, before the resizing to its input side."""
+        results, cut = self._cut(images, all_faces)
+        crops = {id(face): crop for face, crop in cut}
+        return [[crops[id(face)] for face in result.faces if id(face) in crops] for result in results]
 
     def analyse(self, images: Sequence[ImageInput], all_faces: bool = True) -> list[ImageResult]:
         """Read, detect, align and embed: per image its faces (main face first) with embeddings.
 
         With ``all_faces`` False only the main face of each image is aligned and embedded.
         """
-        read = self._read(list(images))
-        results = [ImageResult(name, error=error) for name, _, error in read]
-        usable = [i for i, (_, array, _) in enumerate(read) if array is not None]
-        arrays = [read[i][1] for i in usable]
-        detections = self._detect(arrays)
-        crops: list[torch.Tensor] = []
-        owners: list[Face] = []
-        with self.times.stage("align", len(usable)):
-            for i, array, found in zip(usable, arrays, detections):
-                if found is None:  # aligned input: the image's centre square is the face
-                    h, w = array.shape[:2]
-                    side = min(h, w)
-                    top, left = (h - side) // 2, (w - side) // 2
-                    face = Face(np.array([left, top, left + side, top + side], dtype=np.float64), 1.0, None)
-                    results[i].faces = [face]
-                    square = np.ascontiguousarray(array[top:top + side, left:left + side])
-                    crops.append(torch.from_numpy(square).permute(2, 0, 1))
-                    owners.append(face)
-                    continue
-                if len(found) == 0:
-                    continue
-                faces, chosen = self._faces_of(found, array, all_faces)
-                results[i].faces = faces
-                aligned, failures = self._align(array, chosen)
-                results[i].alignment_failures = failures
-                for face, crop in zip(faces, aligned):
-                    if crop is not None:
-                        crops.append(crop)
-                        owners.append(face)
-        if crops:
-            with self.times.stage("embed", len(usable)):
-                embeddings = self._embed(crops)
-            for face, embedding in zip(owners, embeddings):
+        results, cut = self._cut(images, all_faces)
+        if cut:
+            with self.times.stage("embed", sum(r.error is None for r in results)):
+                embeddings = self._embed([crop for _, crop in cut])
+            for (face, _), embedding in zip(cut, embeddings):
                 face.embedding = embedding
         return results
 

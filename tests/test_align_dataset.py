@@ -14,17 +14,19 @@ from config import load_config
 from datasets.align_dataset import (
     PROGRESS_FILE,
     REPORT_FILE,
+    CropTarget,
     align_jobs,
-    choose_face,
     framing_margins,
     hold_out_identities,
     list_photos,
+    main_face_crops,
 )
 from datasets.lfw import read_pairs, write_pairs
 from datasets.pairs_builder import make_pairs
 from datasets.recordio import RecordHeader, pack_record, write_recordio
 from models.alignment import align_faces
 from models.detector import Detections
+from models.face_preprocess import main_face_order
 from tests.conftest import run_script
 from utils.errors import ConfigError, DataError
 from utils.images import IMAGE_EXTENSIONS, read_image, write_image
@@ -39,11 +41,20 @@ def _detections(boxes: list[list[float]]) -> Detections:
 
 def test_face_choice_rules() -> None:
     faces = _detections([[0, 0, 60, 60], [45, 45, 75, 75], [80, 0, 100, 30]])  # big corner face, small central one
-    assert choose_face(faces, 120, 120, "largest") == 0
-    assert choose_face(faces, 120, 120, "central") == 1
-    assert choose_face(_detections([]), 120, 120, "largest") is None
-    with pytest.raises(ValueError, match="selection rule"):
-        choose_face(faces, 120, 120, "first")
+    assert main_face_order(faces.boxes, 120, 120, "largest")[0] == 0
+    assert main_face_order(faces.boxes, 120, 120, "central")[0] == 1
+    assert main_face_order(_detections([]).boxes, 120, 120, "largest") == []
+    with pytest.raises(ValueError, match="face selection"):
+        main_face_order(faces.boxes, 120, 120, "first")
+
+
+def test_a_main_face_that_cannot_be_aligned_gives_no_crop(tmp_path: Path) -> None:
+    image = np.zeros((120, 120, 3), np.uint8)
+    faces = _detections([[10, 10, 70, 70]])  # its five landmarks coincide
+    target = CropTarget(tmp_path, 32, 0.0)
+    assert main_face_crops(image, faces, [target], "similarity", "largest") == [], "counted as no face, no traceback"
+    (crop,) = main_face_crops(image, faces, [target], "box", "largest")
+    assert crop.shape == (3, 32, 32)
 
 
 def test_training_crop_centre_is_the_evaluation_crop() -> None:

@@ -19,9 +19,10 @@ from datasets.lfw import Pair, write_pairs
 from models.alignment import align_faces
 from models.detector import FaceDetector
 from models.embedder import Embedder
+from models.face_preprocess import main_face_order
 from models.gallery import Gallery, GalleryModelMismatch
 from models.matcher import ThresholdMatcher, load_matcher
-from models.system import FaceRecognitionSystem, main_face_order
+from models.system import FaceRecognitionSystem
 from tests.conftest import run_script
 from utils.checkpoint import save_checkpoint
 from utils.errors import DataError

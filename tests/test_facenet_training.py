@@ -283,7 +283,7 @@ def test_augment_crops_flips_and_jitters_on_the_batch() -> None:
 
 
 def _ddp_process(rank: int, port: int, argv: list[str]) -> None:
-    """One process of a 2-process job with the environment torchrun sets (forked: no second interpreter start-up)."""
+    """One process of a 2-process job with the environment torchrun sets."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -302,7 +302,9 @@ def test_ddp_on_cpu_with_two_processes(aligned: Path, tmp_path: Path) -> None:
             "--set", "facenet.loss=cosface", "--set", "facenet.triplet_finetune_epochs=1"]  # the head replicated
     for item in TINY:
         argv += ["--set", item]
-    torch.multiprocessing.start_processes(_ddp_process, args=(port, argv), nprocs=2, start_method="fork")
+    # spawn, not fork: once an earlier test in this process made autograd start its device threads (the int8
+    # export test does), a forked child cannot run backward ("autograd's threading ... fork-based multiprocessing").
+    torch.multiprocessing.start_processes(_ddp_process, args=(port, argv), nprocs=2, start_method="spawn")
     rows = _rows(tmp_path / "metrics_train.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and int(rows[-1]["step"]) == 4, "4 batches shared by 2 processes"
     assert (tmp_path / "best.pt").is_file() and len(_rows(tmp_path / "metrics_val.csv")) == 2

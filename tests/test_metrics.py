@@ -8,6 +8,7 @@ import pytest
 
 from utils.images import read_image
 from utils.metrics import (
+    deal_folds,
     fine_tune_threshold,
     fold_ids,
     pair_scores,
@@ -50,6 +51,13 @@ def test_fold_ids_follow_file_order() -> None:
     assert np.array_equal(fold_ids(5, 2), [0, 0, 0, 1, 1])
     with pytest.raises(ValueError, match="need 2..5 folds"):
         fold_ids(5, 1)
+
+
+def test_identities_are_dealt_to_folds_at_random_but_evenly() -> None:
+    dealt = deal_folds(23, 5, np.random.default_rng(3))
+    assert sorted(np.bincount(dealt).tolist()) == [4, 4, 5, 5, 5], "sizes differ by one at most"
+    assert np.array_equal(dealt, deal_folds(23, 5, np.random.default_rng(3))), "the seed decides"
+    assert not np.array_equal(dealt, np.arange(23) % 5), "not in input order"
 
 
 def test_lfw_protocol_known_answer() -> None:

@@ -314,14 +314,14 @@ class StatSums:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
         self.batches, self.skipped = int(state["batches"]), int(state["skipped"])
 
-    def reduced(self) -> tuple[dict[str, float], float]:
-        """(sums, batches), each averaged over the processes (the values themselves in a single process)."""
-        if not self.sums:
-            return {}, float(all_reduce_mean(torch.tensor(float(self.batches), dtype=torch.float64)).item())
-        device = next(iter(self.sums.values())).device
-        stacked = torch.stack([*self.sums.values(), torch.tensor(float(self.batches), device=device)]).double()
-        values = all_reduce_mean(stacked).tolist()
-        return dict(zip(self.sums, values[:-1])), values[-1]
+    def reduced(self, device: torch.device) -> tuple[dict[str, float], float]:
+        """(sums, batches), each averaged over the processes (the values themselves in a single process); reduced
+        on ``device``, the process's training device, because NCCL reduces CUDA tensors only (also when no batch
+        was trained, e.g. every one skipped as non-finite)."""
+        values = [value.to(device, torch.float64) for value in self.sums.values()]
+        stacked = torch.stack([*values, torch.tensor(float(self.batches), dtype=torch.float64, device=device)])
+        reduced = all_reduce_mean(stacked).tolist()
+        return dict(zip(self.sums, reduced[:-1])), reduced[-1]
 
 
 def means(sums: Mapping[str, float], batches: float) -> dict[str, float]:
@@ -582,7 +582,7 @@ class Trainer:
                 sums.skipped += 1
             if stop is not None and stop.requested:
                 break
-        totals, batches = sums.reduced()
+        totals, batches = sums.reduced(self.device)
         stats = task.summarize(totals, batches)
         stats.update({"batches": sums.batches, "batches_taken": taken, "nonfinite_skipped": sums.skipped,
                       f"{task.unit}_per_s": seen / max(time.perf_counter() - started, 1e-9),

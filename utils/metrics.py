@@ -78,6 +78,14 @@ def fold_ids(num_pairs: int, folds: int | Sequence[int] | np.ndarray) -> np.ndar
     return ids
 
 
+def deal_folds(count: int, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index of each of ``count`` items (identities: the folds of their pairs are then identity-disjoint),
+    dealt at random but evenly: the items in a random order go to folds 0, 1, ..., folds - 1, 0, 1, ..."""
+    dealt = np.empty(count, dtype=np.int64)
+    dealt[rng.permutation(count)] = np.arange(count) % max(folds, 1)
+    return dealt
+
+
 def _best_similarity_threshold(sim: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     """Best-accuracy threshold on similarities (same <=> sim >= t) and that accuracy.
 

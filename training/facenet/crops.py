@@ -10,7 +10,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -21,21 +20,15 @@ from config import Config
 from datasets.decoding import decoded_batches
 from datasets.identity import IdentityFolder
 from datasets.lfw import check_pairs_images, lfw_image_path, read_pairs
+from models.face_preprocess import centre_square, resize_face
 from utils.errors import BadInputLog, DataError
 from utils.images import read_image
 
 
 def load_crop(path: str | Path, side: int) -> np.ndarray:
-    """An aligned crop as ``side`` x ``side`` uint8 RGB: its centre square, resized (area averaging when shrinking)."""
-    image = read_image(path)
-    height, width = image.shape[:2]
-    if height != width:
-        s = min(height, width)
-        image = image[(height - s) // 2:(height - s) // 2 + s, (width - s) // 2:(width - s) // 2 + s]
-    if image.shape[0] != side:
-        shrink = image.shape[0] > side
-        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return np.ascontiguousarray(image)
+    """An aligned crop as ``side`` x ``side`` uint8 RGB: its centre square, resized as the system resizes its crops
+    (``models.face_preprocess.resize_face``)."""
+    return resize_face(centre_square(read_image(path))[0], side)
 
 
 @dataclass

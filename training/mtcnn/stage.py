@@ -141,7 +141,7 @@ class StageTask(Task):
             batch = store.__getitems__(list(range(first, min(first + size, len(store)))))
             parts = forward_loss(net, batch, self.val_loss, self.trainer.device)
             sums.add(parts.total, {**parts.stats, "cls": parts.cls, "box": parts.box, "landmark": parts.landmark})
-        return {f"val_{k}": v for k, v in summarize_parts(*sums.reduced()).items()}
+        return {f"val_{k}": v for k, v in summarize_parts(*sums.reduced(self.trainer.device)).items()}
 
     def validate(self, epoch: int) -> tuple[float, dict[str, float]]:
         """The validation loss, negated as the metric (every process computes it on the whole store)."""
