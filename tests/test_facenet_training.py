@@ -4,12 +4,14 @@ exactly (also across the switch from a margin loss to triplet fine-tuning), bad 
 says, several training roots stay apart, DDP runs under torchrun."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -94,6 +96,29 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open()))
 
 
+@contextlib.contextmanager
+def _ctrl_c_in_first_batch_of(epoch: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SIGINT to this process during the first batch of ``epoch`` (0-based) of the run inside the block."""
+    seen = {"epoch": -1, "batches": 0}
+    augment, step_for = task_module.augment, task_module.EmbedderTask.step_for
+
+    def epoch_of(task, number):
+        seen.update(epoch=number, batches=0)
+        return step_for(task, number)
+
+    def ctrl_c(*args, **kwargs):
+        if seen["epoch"] == epoch:
+            seen["batches"] += 1
+            if seen["batches"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+        return augment(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(task_module.EmbedderTask, "step_for", epoch_of)
+        patch.setattr(task_module, "augment", ctrl_c)
+        yield
+
+
 def test_reduced_synthetic_preset_learns(aligned: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="9999.jpg"):
         assert _train(aligned, tmp_path, "facenet.epochs=16", "facenet.batches_per_epoch=5", "facenet.lr=0.01") == 0
@@ -127,25 +152,8 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
     with pytest.warns(UserWarning):
         assert _train(aligned, tmp_path / "straight", *common) == 0
 
-    seen = {"epoch": -1, "batches": 0}
-    augment, step_for = task_module.augment, task_module.EmbedderTask.step_for
-
-    def epoch_of(task, epoch):
-        seen.update(epoch=epoch, batches=0)
-        return step_for(task, epoch)
-
-    def ctrl_c_in_epoch_two(*args, **kwargs):  # SIGINT during the first batch of the second epoch (mid-accumulation)
-        if seen["epoch"] == 1:
-            seen["batches"] += 1
-            if seen["batches"] == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-        return augment(*args, **kwargs)
-
-    monkeypatch.setattr(task_module.EmbedderTask, "step_for", epoch_of)
-    monkeypatch.setattr(task_module, "augment", ctrl_c_in_epoch_two)
-    with pytest.warns(UserWarning):
+    with _ctrl_c_in_first_batch_of(1, monkeypatch), pytest.warns(UserWarning):  # mid-accumulation
         assert _train(aligned, tmp_path / "broken", *common) == 130
-    monkeypatch.setattr(task_module, "augment", augment)
     saved = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["batches_done"] == 1 and saved["pending_grads"], "stopped between two steps"
     with pytest.warns(UserWarning):
@@ -198,25 +206,8 @@ def test_margin_then_triplet_resumes_exactly_across_the_switch(aligned: Path, tm
     assert [bool(r["train_accuracy"]) for r in rows] == [True, True, False, False], "2 arcface epochs, then triplet"
     assert [bool(r.get("triplet_accuracy")) for r in rows] == [False, False, True, True]
 
-    step_for, augment = task_module.EmbedderTask.step_for, task_module.augment
-    seen = {"epoch": -1, "batches": 0}
-
-    def epoch_of(task, epoch):
-        seen.update(epoch=epoch, batches=0)
-        return step_for(task, epoch)
-
-    def ctrl_c_in_epoch_three(*args, **kwargs):  # SIGINT in the first triplet epoch, mid-accumulation
-        if seen["epoch"] == 2:
-            seen["batches"] += 1
-            if seen["batches"] == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-        return augment(*args, **kwargs)
-
-    monkeypatch.setattr(task_module.EmbedderTask, "step_for", epoch_of)
-    monkeypatch.setattr(task_module, "augment", ctrl_c_in_epoch_three)
-    with pytest.warns(UserWarning):
+    with _ctrl_c_in_first_batch_of(2, monkeypatch), pytest.warns(UserWarning):  # the first triplet epoch
         assert _train(aligned, tmp_path / "broken", *common) == 130
-    monkeypatch.setattr(task_module, "augment", augment)
     with pytest.warns(UserWarning):
         assert _train(aligned, tmp_path / "broken", *common, flags=("--resume",)) == 0
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
