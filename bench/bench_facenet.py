@@ -5,7 +5,7 @@ Run from the repo root (``--config``/``--set`` as for every script: the data pat
 
     .venv/bin/python -m bench.bench_facenet throughput --backbone both --steps 8 --repeats 3
     .venv/bin/python -m bench.bench_facenet throughput --backbone mobilefacenet --compile \
-        --config configs/facenet_celeba.json      # eager vs torch.compile, the margin head's loop
+        --config configs/facenet_celeba.json --set facenet.loss=cosface   # eager vs compiled, margin head
     .venv/bin/python -m bench.bench_facenet embed --backbone both
     .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
