@@ -1,2 +1,3 @@
-"""Task code of training, one package per model: ``training.mtcnn`` (the detector) and ``training.facenet``
-(the embedder). The top-level scripts wire these pieces into stages."""
+"""Task code of training, one package per model: ``training.mtcnn`` (the detector), ``training.facenet`` (the
+embedder) and ``training.matching`` (the verification matcher). The top-level scripts wire these pieces into
+stages."""
