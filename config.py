@@ -244,6 +244,10 @@ class MatchingConfig:
     # report the thresholds and TAR at these false-accept rates
     far_targets: Annotated[tuple[float, ...], non_empty, each(between(0, 1, open_low=True, open_high=True))] = (
         1e-2, 1e-3)
+    # The threshold matcher's operating point: 0 = the threshold of best accuracy on the validation pairs; a rate =
+    # the threshold at which that share of their different-person pairs is accepted (strict points carry over to
+    # other datasets better than the accuracy-optimal one: README "Check the whole system")
+    operating_far: Annotated[float, between(0, 1, open_high=True)] = 0.0
     classifier: Classifier = "logistic"  # scikit-learn, on |a-b|, a*b, cosine, distance
     classifier_c: NonNegative = 0.0  # regularisation strength; 0: chosen by identity-disjoint cross-validation
     calibration: Calibration = "sigmoid"  # sigmoid (Platt) | isotonic

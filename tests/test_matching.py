@@ -242,3 +242,19 @@ def test_classifier_refuses_too_few_identities() -> None:
     emb, labels = clustered_embeddings(3, 4, 0.5)
     with pytest.raises(ValueError, match="at least 4 identities"):
         fit_classifier_on_identities(emb, labels)
+
+
+def test_operating_far_keeps_the_threshold_that_accepts_that_share_of_strangers() -> None:
+    from training.matching.methods import evaluate_threshold
+    from training.matching.pairs import IdentitySet, PairSet
+    emb, labels = clustered_embeddings(40, 6, 1.2, seed=7)
+    first, second, same = balanced_pairs(labels, 10, np.random.default_rng(0))
+    pairs = PairSet(emb[first], emb[second], same, np.arange(len(same)) % 10, [], [])
+    identities = IdentitySet(emb, labels, [str(i) for i in range(40)], [])
+    best = evaluate_threshold(pairs, identities, "cosine", (0.01,), seed=0)
+    strict = evaluate_threshold(pairs, identities, "cosine", (0.01,), seed=0, operating_far=0.01)
+    scores = (pairs.emb_a * pairs.emb_b).sum(axis=1)
+    accepted_strangers = float(np.mean(scores[~same] >= strict.matcher.threshold))
+    assert accepted_strangers <= 0.01 and strict.matcher.threshold > best.matcher.threshold
+    assert strict.metrics["operating_accuracy"] < best.accuracy, "strictness costs accuracy here"
+    assert strict.accuracy == best.accuracy, "the cross-validated accuracy is the method's, whatever point is kept"

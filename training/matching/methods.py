@@ -57,14 +57,21 @@ def _metrics(result: VerificationResult, far_targets: Sequence[float], decided: 
 
 
 def evaluate_threshold(pairs: PairSet, identities: IdentitySet, metric: str, far_targets: Sequence[float],
-                       seed: int) -> MethodResult:
-    """The threshold method: k-fold CV accuracy, then ``fine_tune_threshold`` on all pairs for the saved matcher;
-    its false-accept curve comes from every different-person pair of the identity images."""
+                       seed: int, operating_far: float = 0.0) -> MethodResult:
+    """The threshold method: k-fold CV accuracy, then the saved matcher's threshold on all pairs: the most accurate
+    (``fine_tune_threshold``), or with ``operating_far`` > 0 the one accepting that share of different-person pairs
+    (its accuracy on all pairs reported beside); its false-accept curve comes from every different-person pair of
+    the identity images."""
     scores, higher = pair_scores(pairs.emb_a, pairs.emb_b, metric)
     result = verification_metrics(scores, pairs.same, pairs.folds, higher_is_same=higher,
                                   far_target=min(far_targets), tar_fars=far_targets)
     threshold, _ = fine_tune_threshold(scores, pairs.same, higher_is_same=higher)
     metrics = _metrics(result, far_targets)
+    if operating_far > 0:
+        threshold = threshold_at_far(scores, pairs.same, operating_far, higher_is_same=higher)
+        accepted = scores >= threshold if higher else scores <= threshold
+        metrics["operating_far"] = operating_far
+        metrics["operating_accuracy"] = float(np.mean(accepted == pairs.same))
     metrics["threshold"] = threshold
     for far in far_targets:
         metrics[f"threshold@far={far:g}"] = threshold_at_far(scores, pairs.same, far, higher_is_same=higher)
@@ -190,7 +197,7 @@ def fit_methods(method: MatchingMethod, pairs: PairSet, identities: IdentitySet,
     results = []
     if method in ("threshold", "both"):
         results.append(evaluate_threshold(pairs, identities, settings.metric, settings.far_targets,
-                                          config.runtime.seed))
+                                          config.runtime.seed, settings.operating_far))
     if method in ("classifier", "both"):
         try:
             results.append(evaluate_classifier(pairs, identities, config))
