@@ -30,15 +30,22 @@ from typing import Any
 
 import torch
 
-from config import Config, FaceNetConfig, load_config
+from config import Config, load_config
 from datasets.decoding import keep_batch
 from models.system import load_embedder
 from training.engine import EpochLoader, OptimSettings, Trainer, unwrap
 from training.facenet.crops import load_pairs_set, load_training_crops, training_side
-from training.facenet.margin import MarginHead
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
-from training.facenet.task import FIXED_ON_RESUME, KIND, EmbedderTask, calibrate_batchnorm, finish
+from training.facenet.task import (
+    FIXED_ON_RESUME,
+    KIND,
+    EmbedderTask,
+    calibrate_batchnorm,
+    describe_loss,
+    finish,
+    loss_modules,
+)
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import evaluate, save_roc
 from training.run import open_run
@@ -106,17 +113,6 @@ def test_only(args: argparse.Namespace, config: Config, run_dir: Path, device: t
     return report
 
 
-def describe_loss(cfg: FaceNetConfig) -> str:
-    """The loss recipe in a few words, for the run's first line."""
-    triplet = f"triplet ({cfg.mining} mining, margin {cfg.margin})"
-    if cfg.loss == "triplet":
-        return triplet
-    margin = f"{cfg.loss} (s {cfg.head_scale:g}, m {cfg.head_margin:g})"
-    if cfg.triplet_finetune_epochs:
-        return f"{margin} for {cfg.margin_epochs()} epochs, then {triplet} for {cfg.triplet_finetune_epochs}"
-    return margin
-
-
 def main(args: argparse.Namespace) -> int:
     """Train the embedder (or evaluate one with --test-only); returns the exit code."""
     config = config_from_args(args, load_config)
@@ -155,11 +151,8 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     if dist.is_main:
         pairs = load_pairs_set(config.facenet_path("val_pairs"), config.facenet_path("val_images"), cfg.input_size, log,
                                workers, progress=True)
-    model = build_model(cfg)
-    modules = {}
-    if cfg.loss != "triplet":
-        modules["head"] = MarginHead(cfg.embedding_size, len(classes), cfg.loss, cfg.head_scale, cfg.head_margin)
-    trainer = Trainer(model, OptimSettings.of(cfg), batches, dist_info=dist, run=session, modules=modules,
+    trainer = Trainer(build_model(cfg), OptimSettings.of(cfg), batches, dist_info=dist, run=session,
+                      modules=loss_modules(cfg, len(classes)),
                       amp=config.runtime.amp, skip_nonfinite=args.skip_nonfinite)
     if session.checkpoint is None and not cfg.pretrained:
         calibrate_batchnorm(unwrap(trainer.model), batches.loader, dist.device, cfg)

@@ -41,10 +41,9 @@ from datasets.synthetic.eval import eigenfaces_verification
 from models.system import load_embedder
 from training.engine import EpochLoader, OptimSettings, StepRunner, Trainer
 from training.facenet.crops import FaceCrops, load_pairs_set, load_training_crops, training_side
-from training.facenet.margin import MarginHead
 from training.facenet.model import build_model
 from training.facenet.samplers import PKBatchSampler
-from training.facenet.task import EmbedderTask
+from training.facenet.task import EmbedderTask, loss_modules
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import evaluate
 from utils.atomic import atomic_write_text
@@ -158,11 +157,8 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
                              batches_per_epoch=count, num_replicas=1, rank=0)
     batches = EpochLoader(crops, sampler, 0, collate_fn=keep_batch, pin_memory=device.type == "cuda")
     settings = replace(OptimSettings.of(cfg), accumulate=1, schedule="constant", warmup_steps=0)
-    modules = {}
-    if cfg.loss != "triplet":
-        modules["head"] = MarginHead(cfg.embedding_size, int(crops.labels.max()) + 1, cfg.loss, cfg.head_scale,
-                                     cfg.head_margin)
-    trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device), modules=modules,
+    trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device),
+                      modules=loss_modules(cfg, int(crops.labels.max()) + 1),
                       amp=config.runtime.amp)
     loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
     tasks = {"eager": EmbedderTask(trainer, replace(config, runtime=replace(config.runtime, compile=False)), loss_fn,
@@ -172,7 +168,7 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
         tasks["compiled"] = EmbedderTask(trainer, replace(config, runtime=replace(config.runtime, compile=True)),
                                          loss_fn, None, log, Path("."))
         with _Clock(device) as clock:
-            first = trainer.train_epoch(tasks["compiled"].step_for(0), 0, tasks["compiled"])
+            first = trainer.train_epoch(tasks["compiled"], 0)
         compile_seconds = clock.wall
     batch = cfg.identities_per_batch * cfg.images_per_identity
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in (*tasks, "bare")}
@@ -180,7 +176,7 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
     for repeat in range(args.repeats):
         for name, task in tasks.items():
             with _Clock(device) as clock:
-                stats = trainer.train_epoch(task.step_for(repeat), repeat, task)
+                stats = trainer.train_epoch(task, repeat)
             images = stats["batches"] * batch
             rates[name].append((images / clock.wall, images / clock.cpu))
         rates["bare"].append(_bare_rates(model, trainer.steps, batch, cfg.input_size, device, count))

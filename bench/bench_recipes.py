@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from config import load_config
+from training.facenet.task import describe_loss
 from utils.atomic import atomic_write_text
 from utils.cli import run
 from utils.errors import DataError
@@ -43,20 +45,9 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def recipe(config: dict[str, Any]) -> str:
-    """The loss recipe of a run's config.json in a few words."""
-    cfg = config["facenet"]
-    if cfg["loss"] == "triplet":
-        return f"triplet ({cfg['mining']}, margin {cfg['margin']:g})"
-    text = f"{cfg['loss']} (s {cfg['head_scale']:g}, m {cfg['head_margin']:g})"
-    if cfg.get("triplet_finetune_epochs"):
-        text += f", triplet last {cfg['triplet_finetune_epochs']} of {cfg['epochs']} epochs"
-    return text
-
-
 def summarize(folder: Path) -> dict[str, Any]:
     """One run's recipe, budget, held-out accuracy, test-set accuracies and its (minutes, accuracy) curve."""
-    config = _read(folder / "config.json")
+    config = load_config(folder / "config.json")
     train, val = _read(folder / "metrics_train.csv"), _read(folder / "metrics_val.csv")
     report = _read(folder / "report.json")
     elapsed, minutes = 0.0, {}
@@ -66,7 +57,7 @@ def summarize(folder: Path) -> dict[str, Any]:
     curve = ([minutes[r["epoch"]] for r in val if r["epoch"] in minutes], [float(r["val_accuracy"]) for r in val])
     tests = {path.parent.name.removeprefix("test_"): _read(path)["accuracy"]
              for path in sorted(folder.glob("test_*/eval.json"))}
-    return {"run": folder.name, "recipe": recipe(config), "steps": report["steps"],
+    return {"run": folder.name, "recipe": describe_loss(config.facenet), "steps": report["steps"],
             "minutes": report["seconds"] / 60, "held_out": report["best_validation"]["accuracy"],
             "held_out_auc": report["best_validation"]["auc"], "tests": tests, "curve": curve}
 

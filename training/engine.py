@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -332,14 +333,14 @@ def means(sums: Mapping[str, float], batches: float) -> dict[str, float]:
 # --- the task ---------------------------------------------------------------------------------------------------
 
 
-class Task:
+class Task(ABC):
     """What a trainer supplies to the engine. Override :meth:`step_for` (required) and what else the task needs."""
 
     unit = "samples"  # the throughput column is <unit>_per_s
 
+    @abstractmethod
     def step_for(self, epoch: int) -> StepFn:
         """The per-batch step of epoch ``epoch`` (0-based): batch -> :class:`StepOutput`; it may differ by epoch."""
-        raise NotImplementedError
 
     def validate(self, epoch: int) -> tuple[float | None, dict[str, Any]]:
         """After ``epoch`` epochs: (metric, higher is better; None when not validated here) and the row of
@@ -351,7 +352,8 @@ class Task:
         return means(sums, batches)
 
     def on_best(self, epoch: int) -> None:
-        """Called after ``best.pt`` was written for a better metric (e.g. to plot that validation)."""
+        """Called after ``best.pt`` was written for a better metric (e.g. to plot that validation); default: nothing."""
+        return None
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Entries added to every checkpoint (e.g. what rebuilds the model for inference)."""
@@ -549,13 +551,12 @@ class Trainer:
         raise KeyboardInterrupt
 
     # --- the loop -------------------------------------------------------------------------------------------
-    def train_epoch(self, step: StepFn, epoch: int, task: Task | None = None, stop: StopOnSignal | None = None,
-                    skip: int = 0) -> dict[str, Any]:
+    def train_epoch(self, task: Task, epoch: int, stop: StopOnSignal | None = None, skip: int = 0) -> dict[str, Any]:
         """Train one epoch (from its batch ``skip`` on, adding to the sums restored with a checkpoint written inside
-        it) with ``step``; returns the task's summary of it plus batches trained, batches taken from the loader,
-        batches skipped for a non-finite loss (with ``skip_nonfinite``; their forward pass leaves no trace in the
-        buffers), throughput (of this session) and learning rate."""
-        task = task or Task()
+        it) with the task's step for it; returns the task's summary of it plus batches trained, batches taken from
+        the loader, batches skipped for a non-finite loss (with ``skip_nonfinite``; their forward pass leaves no
+        trace in the buffers), throughput (of this session) and learning rate."""
+        step = task.step_for(epoch)
         for module in self._trained():
             module.train()
         sums = self.sums if skip else StatSums()
@@ -599,7 +600,7 @@ class Trainer:
             for epoch in range(self.state.epoch, self.settings.epochs):
                 skip = self.state.batches_done  # > 0: the checkpoint was written inside this epoch
                 started = time.perf_counter()
-                stats = self.train_epoch(task.step_for(epoch), epoch, task, stop, skip)
+                stats = self.train_epoch(task, epoch, stop, skip)
                 if stop.requested:  # keep the state after the last finished batch, then exit
                     self._save_and_stop(task.checkpoint_extra(), skip + stats["batches_taken"])
                 seconds = time.perf_counter() - started

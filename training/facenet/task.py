@@ -17,6 +17,7 @@ from models.system import load_embedder
 from training.engine import StepFn, StepOutput, Task, Trainer, TrainingState, unwrap
 from training.facenet.augment import AugmentSettings, augment
 from training.facenet.crops import CropBatch, PairsSet
+from training.facenet.margin import MarginHead
 from training.facenet.model import architecture
 from training.facenet.triplet import TripletLoss
 from training.facenet.validation import STAT_NAMES, evaluate, save_roc
@@ -61,6 +62,25 @@ def calibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.devi
         model(augment(images, cfg.input_size, AugmentSettings.of(cfg)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
+
+
+def loss_modules(cfg: FaceNetConfig, num_classes: int) -> dict[str, nn.Module]:
+    """The trainable modules the loss needs beside the embedder: a margin ``head`` over the training identities for
+    ArcFace/CosFace, none for the triplet loss."""
+    if cfg.loss == "triplet":
+        return {}
+    return {"head": MarginHead(cfg.embedding_size, num_classes, cfg.loss, cfg.head_scale, cfg.head_margin)}
+
+
+def describe_loss(cfg: FaceNetConfig) -> str:
+    """The loss recipe in a few words (a run's first line, the recipe table)."""
+    triplet = f"triplet ({cfg.mining} mining, margin {cfg.margin:g})"
+    if cfg.loss == "triplet":
+        return triplet
+    margin = f"{cfg.loss} (s {cfg.head_scale:g}, m {cfg.head_margin:g})"
+    if cfg.triplet_finetune_epochs:
+        return f"{margin} for {cfg.margin_epochs()} epochs, then {triplet} for {cfg.triplet_finetune_epochs}"
+    return margin
 
 
 def result_row(result: VerificationResult, losses: dict[str, float], pairs: PairsSet) -> dict[str, float]:
