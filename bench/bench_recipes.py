@@ -65,12 +65,13 @@ def summarize(folder: Path) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table: one row per run, one column per test set found in any run."""
     tests = sorted({name for row in rows for name in row["tests"]})
-    lines = ["| run | recipe | steps | minutes | held-out accuracy (AUC) | " + " | ".join(tests) + " |",
-             "|---|---|---|---|---|" + "---|" * len(tests)]
+    header = ["run", "recipe", "steps", "minutes", "held-out accuracy (AUC)", *tests]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [f"{row['tests'][name]:.4f}" if name in row["tests"] else "" for name in tests]
-        lines.append(f"| {row['run']} | {row['recipe']} | {row['steps']} | {row['minutes']:.1f} | "
-                     f"{row['held_out']:.4f} ({row['held_out_auc']:.4f}) | " + " | ".join(cells) + " |")
+        cells = [row["run"], row["recipe"], str(row["steps"]), f"{row['minutes']:.1f}",
+                 f"{row['held_out']:.4f} ({row['held_out_auc']:.4f})",
+                 *(f"{row['tests'][name]:.4f}" if name in row["tests"] else "" for name in tests)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
