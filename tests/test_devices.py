@@ -2,8 +2,8 @@
 
 Each test runs once per device; without CUDA its cases show as skipped, with the reason. On the CPU they
 repeat, briefly, what other tests check in depth; on a GPU they are the checks of the CUDA paths: AMP and the
-gradient scaler's state in checkpoints, CUDA RNG state across a resume, the cascade mining on the device and
-the sample crops cut from its tables there.
+gradient scaler's state in checkpoints, CUDA RNG state across a resume, the margin head and the on-device
+augmentation under AMP, the cascade mining on the device and the sample crops cut from its tables there.
 """
 from __future__ import annotations
 
@@ -79,17 +79,28 @@ def test_mtcnn_stages_train_stop_resume_and_mine_on(device: str, mtcnn_data: Pat
         _assert_scaler_matches(saved, device)
 
 
+# The real-photo recipe's parts: a margin head (then triplet fine-tuning) and every on-device augmentation
+MARGIN_AND_AUGMENTATION = ("facenet.loss=cosface", "facenet.triplet_finetune_epochs=1", "facenet.random_scale=0.2",
+                           "facenet.random_rotate=10", "facenet.greyscale=0.3", "facenet.blur=0.3",
+                           "facenet.low_resolution=0.3", "facenet.random_erase=0.3")
+
+
+@pytest.mark.parametrize("recipe", [(), MARGIN_AND_AUGMENTATION], ids=["triplet", "cosface_then_triplet_augmented"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_facenet_trains_stops_and_resumes_on(device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_facenet_trains_stops_and_resumes_on(device: str, recipe: tuple[str, ...], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     aligned = make_facenet_root(tmp_path / "aligned")
     out = tmp_path / "run"
     on_device = ("--set", f"runtime.device={device}", "--set", "runtime.amp=true")
+    for item in recipe:
+        on_device += ("--set", item)
     sigint_after(training.engine, "check_finite", 10 + 4, monkeypatch)  # 10 batches per epoch: stop inside epoch 2
     assert run_script("train_facenet.py", facenet_argv(aligned, out, *on_device)) == 130
     monkeypatch.undo()
     assert run_script("train_facenet.py", facenet_argv(aligned, out, "--resume", *on_device)) == 0
     losses = _losses(out / "metrics_train.csv")
-    assert len(losses) == 3 and all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
+    same_loss = losses[:2] if recipe else losses  # with the recipe epoch 3 is triplet fine-tuning: another scale
+    assert len(losses) == 3 and all(map(math.isfinite, losses)) and same_loss[-1] < same_loss[0], losses
     saved = checkpoint(out / "last.pt")
     assert saved["epoch"] == 3
     _assert_scaler_matches(saved, device)

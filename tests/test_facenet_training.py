@@ -218,11 +218,15 @@ def test_margin_then_triplet_resumes_exactly_across_the_switch(aligned: Path, tm
         assert all(torch.equal(a[k], b[k]) for k in a), f"the resumed run's {part} ends where the unbroken one does"
 
 
-def test_compiled_training_steps_train_as_the_eager_ones(aligned: Path, tmp_path: Path) -> None:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_compiled_training_steps_train_as_the_eager_ones(device: str, aligned: Path, tmp_path: Path) -> None:
     # A smooth loss and SGD: semi-hard mining picks other triplets after the least rounding difference, and Adam
     # divides by the root of tiny second moments; either turns kernel rounding into different steps
     common = ("facenet.epochs=1", "facenet.batches_per_epoch=3", "facenet.val_loss_batches=0", "facenet.loss=cosface",
-              "facenet.optimizer=sgd", "facenet.lr=0.05", "facenet.head_scale=16")
+              "facenet.optimizer=sgd", "facenet.lr=0.05", "facenet.head_scale=16", f"runtime.device={device}")
     with pytest.warns(UserWarning):
         assert _train(aligned, tmp_path / "eager", *common) == 0
     with pytest.warns(UserWarning):
@@ -304,14 +308,19 @@ def _ddp_process(rank: int, port: int, argv: list[str]) -> None:
         raise SystemExit(code)
 
 
-def test_ddp_on_cpu_with_two_processes(aligned: Path, tmp_path: Path) -> None:
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2,
+                              reason="NCCL needs one GPU per process: fewer than 2 CUDA devices here")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=TWO_GPUS)], ids=["gloo_cpu", "nccl_cuda"])
+def test_ddp_with_two_processes(device: str, aligned: Path, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     argv = ["--output-dir", str(tmp_path), "--set", f"paths.aligned={aligned}", "--set", "facenet.epochs=2",
             "--set", "facenet.batches_per_epoch=4", "--set", "facenet.preload=false",
             "--set", "facenet.loss=cosface", "--set", "facenet.triplet_finetune_epochs=1"]  # the head replicated
-    for item in TINY:
+    for item in TINY + [f"runtime.device={device}", "runtime.amp=true"]:  # AMP acts on CUDA only
         argv += ["--set", item]
     # spawn, not fork: once an earlier test in this process made autograd start its device threads (the int8
     # export test does), a forked child cannot run backward ("autograd's threading ... fork-based multiprocessing").

@@ -3,6 +3,7 @@ multi-task loss with OHEM on augmented balanced batches), the validation loss ov
 store, and which settings cannot change when a stage is resumed."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -93,15 +94,18 @@ def build_samples(stage: str, config: Config, data: MTCNNData, run_dir: Path, ne
 
 
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: MTCNNLoss, device: torch.device,
-                 augment: MTCNNConfig | None = None) -> LossParts:
-    """The multi-task loss of one batch of samples (augmented as ``augment`` says, when given)."""
+                 augment: MTCNNConfig | None = None,
+                 autocast: contextlib.AbstractContextManager | None = None) -> LossParts:
+    """The multi-task loss of one batch of samples (augmented as ``augment`` says, when given). Only the net
+    runs under ``autocast`` (AMP): augmentation and loss stay in float32, as in the embedder's steps."""
     images = batch["images"].to(device, non_blocking=True)
     if augment is not None and (augment.jitter > 0 or augment.occlusion > 0 or augment.blur > 0):
         images = augment_batch(images, batch["kinds"], augment.jitter, augment.occlusion, augment.blur)
-    out = model(to_net_input(images, device), logits=True)
+    with autocast or contextlib.nullcontext():
+        out = model(to_net_input(images, device), logits=True)
     n = len(batch["kinds"])
-    landmarks = out.landmarks.reshape(n, 10) if out.landmarks is not None else None
-    return loss_fn(out.face.reshape(n, 2), out.box.reshape(n, 4), landmarks,
+    landmarks = out.landmarks.reshape(n, 10).float() if out.landmarks is not None else None
+    return loss_fn(out.face.reshape(n, 2).float(), out.box.reshape(n, 4).float(), landmarks,
                    batch["kinds"].to(device, non_blocking=True), batch["boxes"].to(device, non_blocking=True),
                    batch["landmarks"].to(device, non_blocking=True))
 
@@ -118,8 +122,8 @@ class StageTask(Task):
 
     def step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Loss and statistics of one training batch."""
-        with self.trainer.autocast():
-            parts = forward_loss(self.trainer.model, batch, self.train_loss, self.trainer.device, self.config.mtcnn)
+        parts = forward_loss(self.trainer.model, batch, self.train_loss, self.trainer.device, self.config.mtcnn,
+                             self.trainer.autocast())
         stats = {**parts.stats, "cls": parts.cls, "box": parts.box, "landmark": parts.landmark}
         return StepOutput(parts.total, stats, len(batch["kinds"]))
 
