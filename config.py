@@ -260,6 +260,10 @@ class MatchingConfig:
     # How a gallery identity with several photos is scored: best (its closest embedding) | template (the
     # re-normalised mean of its embeddings). Stored in the matcher file; the system scores galleries this way.
     gallery_scoring: GalleryScoring = "template"
+    # Centring: scores are taken after removing the mean embedding of the faces at hand - the tuning images'
+    # here, the gallery's in the system once it holds 20+ faces - so that an operating point tuned on one
+    # source of photos holds on another (README "Check the whole system"). Stored in the matcher file.
+    centring: bool = False
     embed_batch_size: PositiveCount = 32
 
 

@@ -156,9 +156,11 @@ def verification_record(args: argparse.Namespace, entry: Path, config: Config, l
     figures: dict[str, Any] = {**result.as_dict(), "pairs_without_face": int((~found).sum()),
                                "pairs_missing_images": len(parsed.pairs) - len(kept),
                                "detector": "aligned input" if aligned else str(cascade), "flip": system.flip}
-    if system.matcher is not None:
-        _, decided = system.matcher.verify(emb_a[found], emb_b[found])
-        figures.update(matcher=matcher_summary(system.matcher), matcher_accuracy=float(np.mean(decided == same)))
+    if system.matcher is not None:  # a centring matcher is centred on these photos, as on a system's gallery
+        matcher = system.matcher.adapted_to(np.unique(np.concatenate([emb_a[found], emb_b[found]]), axis=0))
+        _, decided = matcher.verify(emb_a[found], emb_b[found])
+        figures.update(matcher=matcher_summary(system.matcher), matcher_accuracy=float(np.mean(decided == same)),
+                       matcher_far=float(decided[~same].mean()), matcher_promised_far=matcher.far_at())
     return {"task": "verification", "data": pairs_data(pairs_file), "figures": figures}
 
 

@@ -60,6 +60,8 @@ def _verification(f: dict[str, Any]) -> str:
             f"AUC {_number(f['auc'])}")
     if "matcher_accuracy" in f:
         text += f"; its matcher ({f['matcher']}): accuracy {_number(f['matcher_accuracy'])}"
+        if f.get("matcher_promised_far") is not None:
+            text += f", FAR {_number(f['matcher_far'])} (promised {_number(f['matcher_promised_far'])})"
     return text
 
 

@@ -11,9 +11,16 @@ A matcher is saved as a small JSON file beside the embedder checkpoint and recor
 so a matcher tuned for one embedder is never used with another (one-line :class:`MatcherMismatchError`).
 Both keep a false-accept curve measured on validation pairs, so callers can pick stricter operating points
 (e.g. open-set identification against a gallery of many identities).
+
+A matcher tuned with ``matching.centring`` subtracts a mean embedding before scoring (and re-normalises):
+its tuning set's, or, through :meth:`Matcher.adapted_to`, the mean of the faces it is deployed on (the
+system's gallery). Photos of another source share a direction of their own in embedding space that lifts
+every different-person similarity; removing each source's mean lets a threshold tuned on one source hold
+on another (README "Check the whole system").
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -36,7 +43,9 @@ from utils.file_header import check_header
 from utils.metrics import deal_folds, pair_scores, threshold_at_far
 
 MATCHER_FORMAT = "face-matcher"
-MATCHER_VERSION = 1
+MATCHER_VERSION = 2  # 2 added the optional centre; version 1 files (none) are still read
+READABLE_VERSIONS = (1, 2)
+MIN_ADAPT_FACES = 20  # fewest faces whose mean embedding stands in for the tuning set's (a steady estimate)
 THRESHOLD_METRICS = get_args(ThresholdMetric)
 CLASSIFIERS = get_args(Classifier)
 CALIBRATIONS = get_args(Calibration)
@@ -58,6 +67,12 @@ def pair_features(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     cosine, _ = pair_scores(a, b, "cosine")
     distance, _ = pair_scores(a, b, "euclidean")
     return np.concatenate([np.abs(a - b), a * b, cosine[:, None], distance[:, None]], axis=1)
+
+
+def centre_embeddings(embeddings: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Rows of ``embeddings`` minus ``centre``, re-normalised to unit length."""
+    shifted = np.asarray(embeddings, dtype=np.float64) - np.asarray(centre, dtype=np.float64)
+    return shifted / np.maximum(np.linalg.norm(shifted, axis=-1, keepdims=True), 1e-12)
 
 
 def far_curve(negative_scores: np.ndarray, higher_is_same: bool) -> dict[str, list[float]]:
@@ -82,11 +97,28 @@ class Matcher(ABC):
     embedder_sha256: str = ""
     higher_is_same: bool = True
     gallery_scoring: str = "best"  # see identity_similarity
+    centre: np.ndarray | None = None  # mean embedding removed before scoring (None: embeddings as they are)
     kind = "matcher"
 
-    @abstractmethod
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """Row-wise scores of two [N, D] embedding arrays (see ``higher_is_same`` for their direction)."""
+        self._dim(emb_a)
+        if self.centre is None:
+            return self._score(emb_a, emb_b)
+        return self._score(centre_embeddings(emb_a, self.centre), centre_embeddings(emb_b, self.centre))
+
+    @abstractmethod
+    def _score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+        """:meth:`score` of embeddings already centred."""
+
+    def adapted_to(self, faces: np.ndarray) -> Matcher:
+        """This matcher centred on the mean embedding of ``faces`` (those it is deployed on, such as a gallery)
+        instead of its tuning set's; itself when it does not centre or there are fewer than
+        :data:`MIN_ADAPT_FACES` faces."""
+        faces = np.asarray(faces, dtype=np.float64).reshape(-1, self._dim(faces))
+        if self.centre is None or len(faces) < MIN_ADAPT_FACES:
+            return self
+        return dataclasses.replace(self, centre=faces.mean(axis=0))
 
     def decide(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Same-person decisions for scores, at ``threshold`` (default: the matcher's own)."""
@@ -148,6 +180,19 @@ class Matcher(ABC):
         thr = float(np.interp(np.log10(min(max(far, 10 ** fars[0]), 1.0)), fars, values))
         return max(thr, self.threshold) if self.higher_is_same else min(thr, self.threshold)
 
+    def far_at(self, threshold: float | None = None) -> float | None:
+        """The false-accept rate the validation curve promises at ``threshold`` (default: the matcher's own),
+        interpolated in log-FAR; None without a curve."""
+        if not self.far_thresholds:
+            return None
+        thr = self.threshold if threshold is None else threshold
+        log_fars = np.log10(np.asarray(self.far_thresholds["far"]))
+        values = np.asarray(self.far_thresholds["threshold"], dtype=np.float64)
+        if not self.higher_is_same:
+            values, thr = -values, -thr
+        order = np.argsort(values, kind="stable")  # ascending thresholds: descending FARs
+        return float(10 ** np.interp(thr, values[order], log_fars[order]))
+
     def open_set_threshold(self, accept_rate: float, gallery_identities: int) -> float | None:
         """Identification threshold at which about ``accept_rate`` of probes of people not in a gallery of
         ``gallery_identities`` people pass, from the simulated galleries of :func:`simulate_open_set` (None
@@ -187,6 +232,7 @@ class Matcher(ABC):
             "embedder_sha256": self.embedder_sha256, "embedding_size": int(self.embedding_size),
             "threshold": float(self.threshold), "higher_is_same": bool(self.higher_is_same),
             "gallery_scoring": self.gallery_scoring,
+            "centre": None if self.centre is None else np.asarray(self.centre, dtype=np.float64).tolist(),
             "far_thresholds": self.far_thresholds, "open_set": self.open_set, "validation": self.validation,
             **self._payload(),
         }
@@ -214,9 +260,8 @@ class ThresholdMatcher(Matcher):
             raise ValueError(f"unknown matcher metric {self.metric!r}; choose one of {', '.join(THRESHOLD_METRICS)}")
         self.higher_is_same = self.metric == "cosine"
 
-    def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+    def _score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """Cosine similarity or L2 distance of each row pair."""
-        self._dim(emb_a)
         scores, _ = pair_scores(emb_a, emb_b, self.metric)
         return scores
 
@@ -311,9 +356,8 @@ class ClassifierMatcher(Matcher):
         y = np.asarray(self.calibrator["y"], dtype=np.float64)
         return np.interp(raw, x, y)
 
-    def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+    def _score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """Calibrated same-person probability of each row pair."""
-        self._dim(emb_a)
         return self.probability(pair_features(emb_a, emb_b))
 
     def _payload(self) -> dict[str, Any]:
@@ -447,7 +491,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(path, f"not a matcher file (invalid JSON: {exc})") from None
-    return check_header(data, path, MATCHER_FORMAT, MATCHER_VERSION, "matcher")
+    return check_header(data, path, MATCHER_FORMAT, READABLE_VERSIONS, "matcher")
 
 
 def load_matcher(path: str | Path, embedder_sha256: str | None = None, embedding_size: int | None = None) -> Matcher:
@@ -465,8 +509,11 @@ def load_matcher(path: str | Path, embedder_sha256: str | None = None, embedding
     scoring = data.get("gallery_scoring", "best")
     if scoring not in GALLERY_SCORINGS:
         raise DataError(path, f"unknown gallery_scoring {scoring!r} (one of {', '.join(GALLERY_SCORINGS)})")
+    centre = data.get("centre")
+    if centre is not None and (not isinstance(centre, list) or (size and len(centre) != size)):
+        raise DataError(path, f"its centre is not a list of {size} numbers")
     common = {"threshold": float(data["threshold"]), "far_thresholds": data.get("far_thresholds") or {},
-              "gallery_scoring": scoring,
+              "gallery_scoring": scoring, "centre": None if centre is None else np.asarray(centre, dtype=np.float64),
               "open_set": data.get("open_set") or {},
               "embedding_size": size, "validation": data.get("validation") or {}, "embedder_sha256": stored}
     try:
@@ -485,17 +532,18 @@ def load_matcher(path: str | Path, embedder_sha256: str | None = None, embedding
 
 def matcher_summary(matcher: Matcher) -> str:
     """One line naming the matcher and its operating point."""
+    centred = "" if matcher.centre is None else ", on centred embeddings"
     if isinstance(matcher, ThresholdMatcher):
         op = ">=" if matcher.higher_is_same else "<="
-        return f"threshold matcher: {matcher.metric} {op} {matcher.threshold:.4f}"
+        return f"threshold matcher: {matcher.metric} {op} {matcher.threshold:.4f}{centred}"
     if isinstance(matcher, ClassifierMatcher):
         return (f"classifier matcher: {matcher.classifier} (C={matcher.c:g}) on {matcher.coef.shape[0]} pair features, "
-                f"{matcher.calibration}-calibrated, same when p >= {matcher.threshold:.2f}")
+                f"{matcher.calibration}-calibrated, same when p >= {matcher.threshold:.2f}{centred}")
     return type(matcher).__name__
 
 
 __all__ = (
-    "ClassifierMatcher", "Matcher", "MatcherMismatchError", "ThresholdMatcher", "balanced_pairs",
+    "ClassifierMatcher", "Matcher", "MatcherMismatchError", "ThresholdMatcher", "balanced_pairs", "centre_embeddings",
     "different_identity_pairs", "fit_classifier_on_identities", "identity_groups", "load_matcher", "matcher_summary",
     "pair_features", "simulate_open_set",
 )

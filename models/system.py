@@ -353,14 +353,17 @@ class FaceRecognitionSystem:
         return [embeddings[i] if r.primary is not None else None for i, r in enumerate(results)]
 
     # --- matching ----------------------------------------------------------------------------------------
-    def _need_matcher(self) -> Matcher:
+    def active_matcher(self) -> Matcher:
+        """The matcher as this system applies it: a centring matcher is centred on the gallery's mean embedding
+        once the gallery is large enough (``Matcher.adapted_to``), so its threshold holds on these photos."""
         if self.matcher is None:
             raise ValueError("this system has no matcher; train one with train_matching.py")
-        return self.matcher
+        gallery, _ = self.gallery.matrix()
+        return self.matcher.adapted_to(gallery)
 
     def verify(self, image_a: ImageInput, image_b: ImageInput) -> VerifyResult:
         """Whether the main faces of two images are the same person (False, with a reason, when a face is missing)."""
-        matcher = self._need_matcher()
+        matcher = self.active_matcher()
         first, second = self.analyse([image_a, image_b], all_faces=False)
         reasons = [f"{name} image: {r.error or 'no face found'}" for name, r in (("first", first), ("second", second))
                    if r.primary is None]
@@ -375,7 +378,7 @@ class FaceRecognitionSystem:
         probes of people not in this gallery are accepted. From the matcher's simulated open-set galleries
         when it has them; else from its false-accept curve, taking the M gallery comparisons as independent
         (per-comparison FAR 1 - (1 - r)^(1/M): conservative, as a probe's scores are correlated)."""
-        matcher = self._need_matcher()
+        matcher = self.active_matcher()
         if accept_target <= 0.0 or self.gallery.num_embeddings == 0:
             return matcher.threshold
         simulated = matcher.open_set_threshold(accept_target, len(self.gallery))
@@ -391,7 +394,7 @@ class FaceRecognitionSystem:
         An identity's score is its best gallery embedding's or its mean embedding's (the matcher's
         ``gallery_scoring``); rows of NaN (no face) get None and NaN.
         """
-        matcher = self._need_matcher()
+        matcher = self.active_matcher()
         thr = matcher.threshold if threshold is None else threshold
         embeddings = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.embedder.embedding_size)
         n = len(embeddings)
@@ -416,7 +419,7 @@ class FaceRecognitionSystem:
 
     def identify(self, image: ImageInput, threshold: float | None = None) -> list[Identification]:
         """Every face of one image named against the gallery (main face first); unknown people get name None."""
-        thr = self._need_matcher().threshold if threshold is None else threshold
+        thr = self.active_matcher().threshold if threshold is None else threshold
         result = self.analyse([image], all_faces=True)[0]
         if result.error is not None:
             raise DataError(result.source, result.error)

@@ -7,6 +7,7 @@ on real face crops (a learned model that takes a second to fit), wrapped in the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -173,6 +174,23 @@ def test_an_unknown_person_is_rejected_and_enrolled_people_are_named(detector: F
     assert not system.verify(enrolled_photo, lfw_images(lfw12, PEOPLE[5], 1)[0]).same
 
 
+def test_a_centring_matcher_is_centred_on_the_gallery_once_it_is_large_enough(detector: FaceDetector,
+                                                                               lfw12: Path) -> None:
+    system = make_system(detector, lfw12)
+    system.matcher.centre = np.zeros(16)  # as tuned: centred on its tuning images' mean (zero here)
+    for person in PEOPLE[:3]:
+        system.enroll(person, lfw_images(lfw12, person, 6))
+    assert system.gallery.num_embeddings == 18 and system.active_matcher() is system.matcher, "under 20 faces"
+    system.enroll(PEOPLE[3], lfw_images(lfw12, PEOPLE[3], 6))
+    gallery, _ = system.gallery.matrix()
+    active = system.active_matcher()
+    assert np.allclose(active.centre, gallery.mean(axis=0)) and not system.matcher.centre.any()
+    photo, other = lfw_images(lfw12, PEOPLE[0], 1)[0], lfw_images(lfw12, PEOPLE[5], 1)[0]
+    emb = system.embed_images([photo, other])[0]
+    assert system.verify(photo, other).score == pytest.approx(float(active.score(emb[:1], emb[1:])[0]))
+    assert system.identify(photo)[0].score == pytest.approx(1.0, abs=1e-5), "an enrolled photo is itself, centred"
+
+
 def test_rebuild_after_a_model_change(detector: FaceDetector, lfw12: Path, photos: Path, tmp_path: Path) -> None:
     old = make_system(detector, lfw12, components=16, first=10)
     old.enroll("astronaut", [photos / "astronaut.png"])
@@ -232,12 +250,14 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     common = ["--device", "cpu", "--set", f"paths.runs_dir={runs}", "--set", "align.eval_size=48",
               *[f"--set=paths.{n}={pretrained_mtcnn / (n + '.pt')}" for n in ("pnet", "rnet", "onet")]]
     code = run_script("train_matching.py", ["--pairs", str(pairs), "--set", "matching.pairs_per_identity=4",
-                                            "--set", "matching.calibration_folds=2", *common])
+                                            "--set", "matching.calibration_folds=2", "--set", "matching.centring=true",
+                                            *common])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "threshold (cosine)" in out and "classifier (logistic, sigmoid)" in out and "kept " in out
     matcher_path = runs / "facenet" / "matcher.json"
     matcher = load_matcher(matcher_path, sha256_file(embedder))  # tagged with this embedder
+    assert matcher.centre is not None and matcher.centre.shape == (32,)
     report = json.loads((runs / "facenet" / "matching" / "report.json").read_text())
     assert report["chosen"] in report["methods"] and report["pairs_used"] + report["pairs_without_face"] == 8
     for png in ("roc.png", "scores_threshold.png", "scores_classifier.png"):
@@ -261,6 +281,8 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
                  "identification top-1", "impostor acceptance", "time per image"):
         assert line in captured.out
     assert "images read             24 of 24" in captured.out
+    assert "scores centred on the tuning images' mean embedding (too few gallery faces" in captured.out  # 16 < 20
+    assert re.search(r"FAR \d\.\d{4} \(promised \d\.\d{4}\)", captured.out)
     gallery = Gallery.load(runs / "system" / "gallery.pt", matcher.embedder_sha256)
     assert len(gallery) == 8 and gallery.num_embeddings <= 16  # 2 of 8 people left out as unknown, 2 distractors
     assert sorted(n for n in gallery.names if n.startswith("distractor/")) == ["distractor/Jean_Chretien",

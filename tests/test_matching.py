@@ -258,3 +258,73 @@ def test_operating_far_keeps_the_threshold_that_accepts_that_share_of_strangers(
     assert accepted_strangers <= 0.01 and strict.matcher.threshold > best.matcher.threshold
     assert strict.metrics["operating_accuracy"] < best.accuracy, "strictness costs accuracy here"
     assert strict.accuracy == best.accuracy, "the cross-validated accuracy is the method's, whatever point is kept"
+
+
+def _shifted(emb: np.ndarray, direction: np.ndarray, amount: float) -> np.ndarray:
+    """Embeddings of another photo source: each moved along one shared direction, re-normalised."""
+    moved = emb + amount * direction
+    return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("centring", [False, True])
+def test_centring_lets_a_threshold_tuned_on_one_source_hold_on_another(centring: bool) -> None:
+    """As CelebA-tuned thresholds on LFW photos: the new source's shared direction lifts every stranger's
+    similarity; centred on the new gallery's mean, the false-accept rate is about the promised one again."""
+    from config import load_config
+    from training.matching.methods import fit_methods
+    from training.matching.pairs import IdentitySet, PairSet
+    emb, labels = clustered_embeddings(40, 6, 1.0, seed=7)
+    first, second, same = balanced_pairs(labels, 10, np.random.default_rng(0))
+    pairs = PairSet(emb[first], emb[second], same, np.arange(len(same)) % 10, [], [])
+    identities = IdentitySet(emb, labels, [str(i) for i in range(40)], [])
+    config = load_config(None, [f"matching.centring={str(centring).lower()}", "matching.open_set_rounds=0"])
+    matcher = fit_methods("threshold", pairs, identities, config, identities_root=None)[0].matcher
+    assert (matcher.centre is not None) == centring
+
+    direction = np.random.default_rng(3).normal(size=16)
+    other, other_labels = clustered_embeddings(30, 6, 1.0, seed=9)
+    other = _shifted(other, direction / np.linalg.norm(direction), 1.5)
+    gallery = other[np.isin(np.arange(len(other)) % 6, (0, 1))]  # 2 photos of each of 30 people: 60 faces
+    deployed = matcher.adapted_to(gallery)
+    a, b, other_same = balanced_pairs(other_labels, 10, np.random.default_rng(1))
+    _, decided = deployed.verify(other[a], other[b])
+    far, promised = float(decided[~other_same].mean()), matcher.far_at()
+    if centring:
+        assert deployed.centre is not None and np.allclose(deployed.centre, gallery.mean(axis=0))
+        assert far <= 2 * promised, (far, promised)
+        assert np.mean(decided == other_same) > 0.8
+    else:
+        assert deployed is matcher
+        assert far > 4 * promised, (far, promised)
+
+
+def test_centre_is_saved_and_version_1_files_still_load(tmp_path) -> None:
+    centre = np.linspace(-0.2, 0.2, 16)
+    matcher = ThresholdMatcher(threshold=0.3, metric="cosine", embedding_size=16, centre=centre)
+    loaded = load_matcher(matcher.save(tmp_path / "m.json", HASH_A), HASH_A)
+    assert np.allclose(loaded.centre, centre)
+    emb, _ = clustered_embeddings(5, 4, 0.5)
+    assert np.allclose(loaded.score(emb[:10], emb[10:]), matcher.score(emb[:10], emb[10:]))
+    shifted = (emb - centre) / np.linalg.norm(emb - centre, axis=1, keepdims=True)
+    assert np.allclose(matcher.score(emb[:10], emb[10:]), (shifted[:10] * shifted[10:]).sum(axis=1))
+
+    data = json.loads((tmp_path / "m.json").read_text())
+    del data["centre"]
+    data["version"] = 1
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    old = load_matcher(tmp_path / "v1.json", HASH_A)
+    assert old.centre is None and old.adapted_to(emb) is old, "a version-1 matcher scores as it always did"
+    data.update(version=2, centre=[0.1, 0.2])
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="centre is not a list of 16 numbers"):
+        load_matcher(tmp_path / "bad.json")
+
+
+def test_a_centring_matcher_adapts_only_to_enough_faces() -> None:
+    from models.matcher import MIN_ADAPT_FACES
+    matcher = ThresholdMatcher(threshold=0.3, metric="cosine", embedding_size=16, centre=np.zeros(16))
+    emb, _ = clustered_embeddings(10, 4, 0.5)
+    assert matcher.adapted_to(emb[:MIN_ADAPT_FACES - 1]) is matcher, "too few faces for a steady mean"
+    adapted = matcher.adapted_to(emb[:MIN_ADAPT_FACES])
+    assert np.allclose(adapted.centre, emb[:MIN_ADAPT_FACES].mean(axis=0)) and adapted.threshold == matcher.threshold
+    assert matcher.centre is not None and not matcher.centre.any(), "the tuned matcher itself is left as it was"

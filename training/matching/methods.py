@@ -2,6 +2,7 @@
 held-out folds of the validation pairs, given their open-set calibration, and the choice between them."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from models.matcher import (
     ClassifierMatcher,
     Matcher,
     ThresholdMatcher,
+    centre_embeddings,
     different_identity_pairs,
     fit_classifier_on_identities,
     simulate_open_set,
@@ -189,11 +191,24 @@ def choose(results: Sequence[MethodResult]) -> MethodResult:
     return max(results, key=lambda r: (round(r.accuracy, 10), -results.index(r)))
 
 
+def centred_on_identities(pairs: PairSet, identities: IdentitySet) -> tuple[PairSet, IdentitySet, np.ndarray]:
+    """Pairs and identity images with the identity images' mean embedding removed (``matching.centring``), and
+    that mean: the matchers are fitted on centred embeddings and then keep the mean as their centre."""
+    centre = identities.embeddings.mean(axis=0)
+    pairs = dataclasses.replace(pairs, emb_a=centre_embeddings(pairs.emb_a, centre),
+                                emb_b=centre_embeddings(pairs.emb_b, centre))
+    return pairs, dataclasses.replace(identities, embeddings=centre_embeddings(identities.embeddings, centre)), centre
+
+
 def fit_methods(method: MatchingMethod, pairs: PairSet, identities: IdentitySet, config: Config,
                 identities_root: Path) -> list[MethodResult]:
     """Each method ``method`` names ('both': threshold and classifier), judged and calibrated; with 'both' a
-    classifier the identity folders are too small for is skipped, saying so."""
+    classifier the identity folders are too small for is skipped, saying so. With ``matching.centring`` all of
+    it happens on centred embeddings and each matcher keeps the centre (it then scores raw embeddings)."""
     settings = config.matching
+    centre = None
+    if settings.centring:
+        pairs, identities, centre = centred_on_identities(pairs, identities)
     results = []
     if method in ("threshold", "both"):
         results.append(evaluate_threshold(pairs, identities, settings.metric, settings.far_targets,
@@ -207,4 +222,5 @@ def fit_methods(method: MatchingMethod, pairs: PairSet, identities: IdentitySet,
             print(f"classifier skipped: {exc} (identity folders {identities_root})")
     for result in results:
         calibrate_open_set(result, identities, config)
+        result.matcher.centre = centre
     return results
