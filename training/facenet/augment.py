@@ -1,7 +1,9 @@
 """Batched, on-device augmentation of aligned face crops for embedder training.
 
 Every transform is drawn per image and applied to the whole batch at once on the batch's device (a GPU
-when training runs on one), so augmentation never becomes the data loader's bottleneck. The geometric part
+when training runs on one), so augmentation never becomes the data loader's bottleneck. Nothing here waits
+for the device: what decides a shape or a kernel (the images an occasional transform picks, its strength)
+is drawn on the host, so no number is read back from a GPU in the middle of a training step. The geometric part
 (random crop, scale and rotation) is one affine resampling; the photometric part covers what real photos
 vary in: exposure and colour (jitter, greyscale), focus (blur), resolution (down- then up-scaling) and
 occlusion (random erasing).
@@ -92,32 +94,41 @@ def _colour(x: Tensor, jitter: float) -> Tensor:
 
 
 def _chosen(batch: int, probability: float, device: torch.device) -> Tensor:
-    return torch.rand(batch, device=device) < probability
+    """[B, 1, 1, 1] mask: each image with ``probability``."""
+    return (torch.rand(batch, device=device) < probability)[:, None, None, None]
 
 
-def _low_resolution(x: Tensor, chosen: Tensor) -> Tensor:
-    """The chosen images scaled down to one common factor in 1/4..1/2 (area) and back up (bilinear)."""
-    if not bool(chosen.any()):
+def _host_uniform(low: float, high: float) -> float:
+    """One number for the whole batch, drawn on the host (reading one back from a GPU would wait for it)."""
+    return float(torch.empty(()).uniform_(low, high))
+
+
+def _host_rows(batch: int, probability: float) -> Tensor:
+    """Indices of the images a transform picks, each with ``probability``, drawn on the host (so their count
+    is known without asking the device)."""
+    return torch.nonzero(torch.rand(batch) < probability).flatten()
+
+
+def _low_resolution(x: Tensor, rows: Tensor) -> Tensor:
+    """Images ``rows`` scaled down to one common factor in 1/4..1/2 (area) and back up (bilinear)."""
+    if not len(rows):
         return x
     size = x.shape[-1]
-    small = max(4, round(size * float(_uniform(1, 0.25, 0.5, x.device))))
-    picked = x[chosen]
-    degraded = F.interpolate(F.interpolate(picked, size=(small, small), mode="area"), size=(size, size),
-                             mode="bilinear", align_corners=False)
-    out = x.clone()
-    out[chosen] = degraded
-    return out
+    small = max(4, round(size * _host_uniform(0.25, 0.5)))
+    rows = rows.to(x.device, non_blocking=True)
+    degraded = F.interpolate(F.interpolate(x.index_select(0, rows), size=(small, small), mode="area"),
+                             size=(size, size), mode="bilinear", align_corners=False)
+    return x.index_copy(0, rows, degraded)
 
 
-def _blur(x: Tensor, chosen: Tensor) -> Tensor:
-    """The chosen images blurred with one Gaussian of sigma 0.5..1.5 px (scaled with the input side)."""
-    if not bool(chosen.any()):
+def _blur(x: Tensor, rows: Tensor) -> Tensor:
+    """Images ``rows`` blurred with one Gaussian of sigma 0.5..1.5 px (scaled with the input side)."""
+    if not len(rows):
         return x
-    sigma = float(_uniform(1, 0.5, 1.5, x.device)) * x.shape[-1] / 96.0
+    sigma = _host_uniform(0.5, 1.5) * x.shape[-1] / 96.0
     kernel = 2 * math.ceil(2 * sigma) + 1
-    out = x.clone()
-    out[chosen] = TF.gaussian_blur(x[chosen], [kernel, kernel], [sigma, sigma])
-    return out
+    rows = rows.to(x.device, non_blocking=True)
+    return x.index_copy(0, rows, TF.gaussian_blur(x.index_select(0, rows), [kernel, kernel], [sigma, sigma]))
 
 
 def _erase(x: Tensor, chosen: Tensor) -> Tensor:
@@ -133,8 +144,8 @@ def _erase(x: Tensor, chosen: Tensor) -> Tensor:
     rows = torch.arange(height, device=device)[None, :, None]
     cols = torch.arange(width, device=device)[None, None, :]
     box = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
-           & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]) & chosen[:, None, None])
-    return torch.where(box[:, None], torch.full_like(x, 127.5), x)
+           & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))
+    return torch.where(box[:, None] & chosen, torch.full_like(x, 127.5), x)
 
 
 def augment(images: Tensor, size: int, settings: AugmentSettings | None = None) -> Tensor:
@@ -147,16 +158,16 @@ def augment(images: Tensor, size: int, settings: AugmentSettings | None = None) 
     device = images.device
     x = _affine_window(images, size, settings) if settings.geometric else _window(images, size, settings.random_crop)
     if settings.flip:
-        x = torch.where(_chosen(batch, 0.5, device)[:, None, None, None], x.flip(-1), x)
+        x = torch.where(_chosen(batch, 0.5, device), x.flip(-1), x)
     if settings.jitter > 0:
         x = _colour(x, settings.jitter)
     if settings.greyscale > 0:
         grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
-        x = torch.where(_chosen(batch, settings.greyscale, device)[:, None, None, None], grey, x)
+        x = torch.where(_chosen(batch, settings.greyscale, device), grey, x)
     if settings.low_resolution > 0:
-        x = _low_resolution(x, _chosen(batch, settings.low_resolution, device))
+        x = _low_resolution(x, _host_rows(batch, settings.low_resolution))
     if settings.blur > 0:
-        x = _blur(x, _chosen(batch, settings.blur, device))
+        x = _blur(x, _host_rows(batch, settings.blur))
     if settings.erase > 0:
         x = _erase(x, _chosen(batch, settings.erase, device))
     return x.contiguous()
