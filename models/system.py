@@ -353,13 +353,17 @@ class FaceRecognitionSystem:
         return [embeddings[i] if r.primary is not None else None for i, r in enumerate(results)]
 
     # --- matching ----------------------------------------------------------------------------------------
-    def active_matcher(self) -> Matcher:
-        """The matcher as this system applies it: a centring matcher is centred on the gallery's mean embedding
-        once the gallery is large enough (``Matcher.adapted_to``), so its threshold holds on these photos."""
+    def _need_matcher(self) -> Matcher:
         if self.matcher is None:
             raise ValueError("this system has no matcher; train one with train_matching.py")
-        gallery, _ = self.gallery.matrix()
-        return self.matcher.adapted_to(gallery)
+        return self.matcher
+
+    def active_matcher(self, gallery: np.ndarray | None = None) -> Matcher:
+        """The matcher as this system applies it: a centring matcher is centred on the gallery's mean embedding
+        once the gallery is large enough (``Matcher.adapted_to``), so its threshold holds on these photos.
+        ``gallery``: the gallery's stacked embeddings, when the caller has them already."""
+        matcher = self._need_matcher()
+        return matcher.adapted_to(self.gallery.matrix()[0] if gallery is None else gallery)
 
     def verify(self, image_a: ImageInput, image_b: ImageInput) -> VerifyResult:
         """Whether the main faces of two images are the same person (False, with a reason, when a face is missing)."""
@@ -394,7 +398,8 @@ class FaceRecognitionSystem:
         An identity's score is its best gallery embedding's or its mean embedding's (the matcher's
         ``gallery_scoring``); rows of NaN (no face) get None and NaN.
         """
-        matcher = self.active_matcher()
+        gallery, owners = self.gallery.matrix()
+        matcher = self.active_matcher(gallery)
         thr = matcher.threshold if threshold is None else threshold
         embeddings = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.embedder.embedding_size)
         n = len(embeddings)
@@ -402,7 +407,6 @@ class FaceRecognitionSystem:
         closest: list[str | None] = [None] * n
         best = np.full(n, np.nan)
         valid = np.flatnonzero(np.all(np.isfinite(embeddings), axis=1))
-        gallery, owners = self.gallery.matrix()
         if not len(valid) or not len(gallery):
             return accepted, closest, best
         with self.times.stage("match", len(valid)):
@@ -419,7 +423,7 @@ class FaceRecognitionSystem:
 
     def identify(self, image: ImageInput, threshold: float | None = None) -> list[Identification]:
         """Every face of one image named against the gallery (main face first); unknown people get name None."""
-        thr = self.active_matcher().threshold if threshold is None else threshold
+        thr = self._need_matcher().threshold if threshold is None else threshold  # centring leaves it as tuned
         result = self.analyse([image], all_faces=True)[0]
         if result.error is not None:
             raise DataError(result.source, result.error)

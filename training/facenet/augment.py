@@ -11,6 +11,7 @@ occlusion (random erasing).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,26 +110,27 @@ def _host_rows(batch: int, probability: float) -> Tensor:
     return torch.nonzero(torch.rand(batch) < probability).flatten()
 
 
-def _low_resolution(x: Tensor, rows: Tensor) -> Tensor:
-    """Images ``rows`` scaled down to one common factor in 1/4..1/2 (area) and back up (bilinear)."""
+def _on_rows(x: Tensor, rows: Tensor, transform: Callable[[Tensor], Tensor]) -> Tensor:
+    """``transform`` applied to images ``rows`` of the batch only (the batch itself when none is picked)."""
     if not len(rows):
         return x
+    rows = rows.to(x.device, non_blocking=True)
+    return x.index_copy(0, rows, transform(x.index_select(0, rows)))
+
+
+def _low_resolution(x: Tensor) -> Tensor:
+    """Images scaled down to one common factor in 1/4..1/2 (area) and back up (bilinear)."""
     size = x.shape[-1]
     small = max(4, round(size * _host_uniform(0.25, 0.5)))
-    rows = rows.to(x.device, non_blocking=True)
-    degraded = F.interpolate(F.interpolate(x.index_select(0, rows), size=(small, small), mode="area"),
-                             size=(size, size), mode="bilinear", align_corners=False)
-    return x.index_copy(0, rows, degraded)
+    return F.interpolate(F.interpolate(x, size=(small, small), mode="area"), size=(size, size), mode="bilinear",
+                         align_corners=False)
 
 
-def _blur(x: Tensor, rows: Tensor) -> Tensor:
-    """Images ``rows`` blurred with one Gaussian of sigma 0.5..1.5 px (scaled with the input side)."""
-    if not len(rows):
-        return x
+def _blur(x: Tensor) -> Tensor:
+    """Images blurred with one Gaussian of sigma 0.5..1.5 px (scaled with the input side)."""
     sigma = _host_uniform(0.5, 1.5) * x.shape[-1] / 96.0
     kernel = 2 * math.ceil(2 * sigma) + 1
-    rows = rows.to(x.device, non_blocking=True)
-    return x.index_copy(0, rows, TF.gaussian_blur(x.index_select(0, rows), [kernel, kernel], [sigma, sigma]))
+    return TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
 
 
 def _erase(x: Tensor, chosen: Tensor) -> Tensor:
@@ -165,9 +167,9 @@ def augment(images: Tensor, size: int, settings: AugmentSettings | None = None) 
         grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
         x = torch.where(_chosen(batch, settings.greyscale, device), grey, x)
     if settings.low_resolution > 0:
-        x = _low_resolution(x, _host_rows(batch, settings.low_resolution))
+        x = _on_rows(x, _host_rows(batch, settings.low_resolution), _low_resolution)
     if settings.blur > 0:
-        x = _blur(x, _host_rows(batch, settings.blur))
+        x = _on_rows(x, _host_rows(batch, settings.blur), _blur)
     if settings.erase > 0:
         x = _erase(x, _chosen(batch, settings.erase, device))
     return x.contiguous()
