@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -154,15 +155,16 @@ def plot_accuracy_over_time(path: str | Path, curves: Mapping[str, tuple[Sequenc
                             title: str = "validation accuracy over training time",
                             ylabel: str = "pair accuracy") -> Path:
     """One accuracy curve per named (minutes, accuracy) pair: recipes compared at the same wall-clock budget."""
-    figure = Figure(figsize=(6.5, 4.5))
+    figure = Figure(figsize=(8.5, 4.5))
     ax = figure.add_subplot()
-    for name, (minutes, accuracy) in curves.items():
-        ax.plot(minutes, accuracy, marker="o", markersize=3, label=name)
+    colours = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"].colors  # one colour per curve
+    for (name, (minutes, accuracy)), colour in zip(curves.items(), colours * (len(curves) // len(colours) + 1)):
+        ax.plot(minutes, accuracy, marker="o", markersize=3, label=name, color=colour)
     ax.set_ylim(0.5, 1.0)  # chance to perfect on balanced pairs
     ax.set_xlabel("training minutes")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if curves:
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")  # beside the axes, never on a curve
     return save_figure(figure, path)
