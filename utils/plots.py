@@ -5,6 +5,7 @@ writes every file atomically, so a plot is either complete or absent.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -158,7 +159,7 @@ def plot_accuracy_over_time(path: str | Path, curves: Mapping[str, tuple[Sequenc
     figure = Figure(figsize=(8.5, 4.5))
     ax = figure.add_subplot()
     colours = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"].colors  # one colour per curve
-    for (name, (minutes, accuracy)), colour in zip(curves.items(), colours * (len(curves) // len(colours) + 1)):
+    for (name, (minutes, accuracy)), colour in zip(curves.items(), itertools.cycle(colours)):
         ax.plot(minutes, accuracy, marker="o", markersize=3, label=name, color=colour)
     ax.set_ylim(0.5, 1.0)  # chance to perfect on balanced pairs
     ax.set_xlabel("training minutes")
