@@ -53,6 +53,7 @@ from models.system import FaceRecognitionSystem
 from models.zoo import entry_matcher
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
+from utils.errors import ToolkitError
 from utils.seed import seed_everything
 
 
@@ -97,7 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="re-embed the stored gallery's source photos with the current models, save it, and "
                               "identify against it (after a model change)")
     parser.add_argument("--report", metavar="FILE", default=None,
-                        help="JSON report path (default: <folder of the gallery file>/report.json)")
+                        help="JSON report path (default: <folder of the gallery file>/report.json; refused when "
+                             "another tool wrote that file)")
     add_config_args(parser)
     return parser
 
@@ -126,6 +128,20 @@ def resolve_test_data(args: argparse.Namespace, config: Config) -> tuple[Path | 
     return pairs, images, Path(args.identities) if args.identities else images
 
 
+def refuse_foreign_report(path: Path) -> None:
+    """Stop before any work when the default report path holds another tool's report (e.g. ``paths.gallery`` put
+    in a training run's folder, whose report.json this run would overwrite)."""
+    if not path.is_file():
+        return
+    try:
+        ours = "checks" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise ToolkitError(f"{path}: holds a report that test_system.py did not write and would overwrite; "
+                           f"pass --report FILE or give paths.gallery a folder of its own")
+
+
 def main(args: argparse.Namespace) -> int:
     """Build the system, enrol, verify, identify, report; 1 when a floor is missed."""
     apply_model_flags(args)
@@ -134,6 +150,8 @@ def main(args: argparse.Namespace) -> int:
     floors = config.system
     gallery_path = config.path("gallery")
     report_path = Path(args.report) if args.report else gallery_path.parent / "report.json"
+    if not args.report:
+        refuse_foreign_report(report_path)
     system = FaceRecognitionSystem.from_config(config, aligned_input=args.aligned_input)
     pairs_file, pairs_root, identities_root = resolve_test_data(args, config)
 

@@ -351,3 +351,17 @@ def test_reliability_test_system_names_who_it_cannot_enrol_and_what_it_left_out(
     assert "not enrolled: Nobody (none of 1 gallery image(s) gave a usable face); 2 probe(s) left out" in out
     assert (f"images without a face: {blank}" in out
             and f"left out of the test set: {people / 'Empty'} (no images" in out)
+
+
+def test_reliability_test_system_never_overwrites_another_tools_report(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    # the gallery put in a training run's folder: its report.json (train_facenet.py's) must survive
+    run_dir = tmp_path / "facenet_run"
+    run_dir.mkdir()
+    training_report = json.dumps({"epochs": 16, "best_validation": {"accuracy": 0.88}})
+    (run_dir / "report.json").write_text(training_report)
+    code = run_script("test_system.py", ["--device", "cpu", "--set", f"paths.gallery={run_dir / 'gallery.pt'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and str(run_dir / "report.json") in err and "--report" in err
+    assert (run_dir / "report.json").read_text() == training_report, "the training report is untouched"
+    assert not (run_dir / "gallery.pt").exists(), "it stopped before enrolling anyone"
