@@ -53,7 +53,7 @@ from models.system import FaceRecognitionSystem
 from models.zoo import entry_matcher
 from utils.atomic import atomic_write_text
 from utils.cli import add_config_args, add_detector_arg, config_from_args, detector_overrides, run
-from utils.errors import ToolkitError
+from utils.errors import DataError
 from utils.seed import seed_everything
 
 
@@ -138,8 +138,8 @@ def refuse_foreign_report(path: Path) -> None:
     except (OSError, ValueError, TypeError):
         ours = False
     if not ours:
-        raise ToolkitError(f"{path}: holds a report that test_system.py did not write and would overwrite; "
-                           f"pass --report FILE or give paths.gallery a folder of its own")
+        raise DataError(path, "holds a report that test_system.py did not write and would overwrite; "
+                              "pass --report FILE or give paths.gallery a folder of its own")
 
 
 def main(args: argparse.Namespace) -> int:
