@@ -120,6 +120,9 @@ class RuntimeConfig:
     # torch.compile the embedder's training steps (a one-off compile, about 1-2 minutes on a CPU, then faster
     # steps: `python -m bench.bench_facenet throughput --compile` measures both on your machine)
     compile: bool = False
+    # channels-last memory layout for the embedder's training (faster convolutions on some CPUs and on tensor-core
+    # GPUs; `python -m bench.bench_facenet throughput --channels-last` measures it on your machine)
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,8 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, dist: DistInf
     if dist.is_main:
         pairs = load_pairs_set(config.facenet_path("val_pairs"), config.facenet_path("val_images"), cfg.input_size, log,
                                workers, progress=True)
-    trainer = Trainer(build_model(cfg), OptimSettings.of(cfg), batches, dist_info=dist, run=session,
-                      modules=loss_modules(cfg, len(classes)),
+    trainer = Trainer(build_model(cfg, config.runtime.channels_last), OptimSettings.of(cfg), batches, dist_info=dist,
+                      run=session, modules=loss_modules(cfg, len(classes)),
                       amp=config.runtime.amp, skip_nonfinite=args.skip_nonfinite)
     if session.checkpoint is None and not cfg.pretrained:
         calibrate_batchnorm(unwrap(trainer.model), batches.loader, dist.device, cfg)

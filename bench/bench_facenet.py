@@ -6,6 +6,8 @@ Run from the repo root (``--config``/``--set`` as for every script: the data pat
     .venv/bin/python -m bench.bench_facenet throughput --backbone both --steps 8 --repeats 3
     .venv/bin/python -m bench.bench_facenet throughput --backbone mobilefacenet --compile \
         --config configs/facenet_celeba.json --set facenet.loss=cosface   # eager vs compiled, margin head
+    .venv/bin/python -m bench.bench_facenet throughput --backbone mobilefacenet --compile --channels-last \
+        --threads 1 --config configs/facenet_celeba.json    # compiled, contiguous vs channels-last layout
     .venv/bin/python -m bench.bench_facenet embed --backbone both
     .venv/bin/python -m bench.bench_facenet compare --weights runs/facenet/best.pt [--pairs P --images DIR]
 
@@ -15,7 +17,8 @@ statistics) and of a bare forward + backward + optimizer step of the same model 
 shape, alternated ``--repeats`` times (best of each kept, so load from other processes distorts the ratio
 least), per wall-clock second and per CPU second of this process (on a shared machine the CPU-time ratio is
 the steadier one; with DataLoader workers, wall time is the honest one); ``--compile`` adds the loop with
-``runtime.compile`` and its one-off compile time. Training crops come from ``facenet.train_images`` when they
+``runtime.compile`` and its one-off compile time, ``--channels-last`` the same loop (compiled with ``--compile``) on a
+channels-last copy of the model (``runtime.channels_last``). Training crops come from ``facenet.train_images`` when they
 exist, else random crops of the same size (the loop is the same). ``embed``: ``Embedder.embed`` images/s,
 with and without flip test-time augmentation. ``compare``: LFW-protocol accuracy of each ``--weights``
 embedder and of Eigenfaces (``datasets.synthetic.eval.eigenfaces_verification``: PCA fitted on the training
@@ -25,6 +28,7 @@ markdown tables; ``--json FILE`` also saves the numbers.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import replace
@@ -70,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="throughput: P (identities per batch) for Inception-ResNet-v1; 0 = the configured P")
     parser.add_argument("--compile", action="store_true",
                         help="throughput: also time the loop with runtime.compile (torch.compile) and its compile cost")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="throughput: also time the loop (compiled with --compile) with runtime.channels_last")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of loop and bare model")
     parser.add_argument("--images", type=int, default=512, help="embed: images embedded per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -146,7 +152,8 @@ def _bare_rates(model: torch.nn.Module, steps: StepRunner, batch: int, size: int
 
 def throughput(config: Config, backbone: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Loop and bare images/s for one backbone (best of the alternated repeats) and their ratio; with
-    ``--compile`` also the loop with ``runtime.compile`` (its first epoch, which compiles, timed apart)."""
+    ``--compile`` also the loop with ``runtime.compile`` (its first epoch, which compiles, timed apart); with
+    ``--channels-last`` the loop (compiled or not) on a channels-last copy of the model, with its own trainer."""
     config = _backbone_config(config, backbone, args.inception_identities)
     cfg = config.facenet
     count = args.inception_steps if backbone == "inception_resnet_v1" else args.steps
@@ -157,26 +164,38 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
                              batches_per_epoch=count, num_replicas=1, rank=0)
     batches = EpochLoader(crops, sampler, 0, collate_fn=keep_batch, pin_memory=device.type == "cuda")
     settings = replace(OptimSettings.of(cfg), accumulate=1, schedule="constant", warmup_steps=0)
-    trainer = Trainer(model, settings, batches, dist_info=DistInfo(0, 1, 0, device),
-                      modules=loss_modules(cfg, int(crops.labels.max()) + 1),
-                      amp=config.runtime.amp)
     loss_fn = TripletLoss(cfg.margin, cfg.mining, cfg.squared)
-    tasks = {"eager": EmbedderTask(trainer, replace(config, runtime=replace(config.runtime, compile=False)), loss_fn,
-                                   None, log, Path("."))}
+
+    def trainer_of(net: torch.nn.Module) -> Trainer:
+        """A trainer of ``net`` with the benchmark's constant-rate optimizer settings."""
+        return Trainer(net, settings, batches, dist_info=DistInfo(0, 1, 0, device),
+                       modules=loss_modules(cfg, int(crops.labels.max()) + 1), amp=config.runtime.amp)
+
+    def task_of(trainer: Trainer, compiled: bool, channels_last: bool) -> tuple[Trainer, EmbedderTask]:
+        """The embedder task of ``trainer`` with these runtime settings, beside its trainer."""
+        runtime = replace(config.runtime, compile=compiled, channels_last=channels_last)
+        return trainer, EmbedderTask(trainer, replace(config, runtime=runtime), loss_fn, None, log, Path("."))
+
+    trainer = trainer_of(model)
+    tasks = {"eager": task_of(trainer, False, False)}
     compile_seconds = float("nan")
     if args.compile:
-        tasks["compiled"] = EmbedderTask(trainer, replace(config, runtime=replace(config.runtime, compile=True)),
-                                         loss_fn, None, log, Path("."))
+        tasks["compiled"] = task_of(trainer, True, False)
         with _Clock(device) as clock:
-            first = trainer.train_epoch(tasks["compiled"], 0)
+            first = trainer.train_epoch(tasks["compiled"][1], 0)
         compile_seconds = clock.wall
+    if args.channels_last:
+        layout_trainer = trainer_of(copy.deepcopy(model).to(memory_format=torch.channels_last))
+        tasks["channels_last"] = task_of(layout_trainer, args.compile, True)
+        if args.compile:
+            layout_trainer.train_epoch(tasks["channels_last"][1], 0)  # its own compile, untimed
     batch = cfg.identities_per_batch * cfg.images_per_identity
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in (*tasks, "bare")}
     _bare_rates(model, trainer.steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
     for repeat in range(args.repeats):
-        for name, task in tasks.items():
+        for name, (task_trainer, task) in tasks.items():
             with _Clock(device) as clock:
-                stats = trainer.train_epoch(task, repeat)
+                stats = task_trainer.train_epoch(task, repeat)
             images = stats["batches"] * batch
             rates[name].append((images / clock.wall, images / clock.cpu))
         rates["bare"].append(_bare_rates(model, trainer.steps, batch, cfg.input_size, device, count))
@@ -192,6 +211,11 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
         row.update(compiled_images_per_s=compiled[0], compiled_speedup=compiled[0] / loop[0],
                    compile_seconds=compile_seconds - first["batches"] * batch / compiled[0],
                    compiled_all=rates["compiled"])
+    if args.channels_last:
+        layout = best["channels_last"]
+        baseline = best["compiled"] if args.compile else loop
+        row.update(channels_last_images_per_s=layout[0], channels_last_speedup=layout[0] / baseline[0],
+                   channels_last_baseline_images_per_s=baseline[0], channels_last_all=rates["channels_last"])
     return row
 
 
@@ -275,6 +299,12 @@ def main(args: argparse.Namespace) -> int:
                                 ("compiled loop img/s", "compiled_images_per_s", ".1f"),
                                 ("compiled / eager", "compiled_speedup", ".3f"),
                                 ("compile s", "compile_seconds", ".0f")]))
+        if args.channels_last:
+            kind = "compiled" if args.compile else "eager"
+            print(_table(rows, [("backbone", "backbone", ""),
+                                (f"{kind} loop img/s", "channels_last_baseline_images_per_s", ".1f"),
+                                (f"{kind} channels-last img/s", "channels_last_images_per_s", ".1f"),
+                                ("channels-last / contiguous", "channels_last_speedup", ".3f")]))
         print("data: " + "; ".join(f"{r['backbone']}: {r['data']}" for r in rows))
     elif args.what == "embed":
         rows = [embed_rate(config, b, args, device) for b in backbones]

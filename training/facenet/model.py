@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from config import Config, FaceNetConfig
 from models.embedder import Embedder
 from models.face_preprocess import AlignSettings, EmbedderRecord
@@ -19,14 +21,15 @@ def embedder_record(cfg: FaceNetConfig, align: AlignSettings | None = None) -> E
                           align)
 
 
-def build_model(cfg: FaceNetConfig) -> Embedder:
-    """The configured embedder (random initialisation, or facenet-pytorch weights from ``cfg.pretrained``)."""
+def build_model(cfg: FaceNetConfig, channels_last: bool = False) -> Embedder:
+    """The configured embedder (random initialisation, or facenet-pytorch weights from ``cfg.pretrained``), its
+    weights in channels-last layout when asked (before any optimizer or DDP wrapper sees them)."""
     model = embedder_record(cfg).build()
     if cfg.pretrained:
         if cfg.backbone != "inception_resnet_v1":
             raise ConfigError("facenet.pretrained: published FaceNet weights fit backbone inception_resnet_v1 only")
         load_facenet_weights(model.backbone, cfg.pretrained)
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def architecture(config: Config) -> dict[str, Any]:

@@ -108,6 +108,8 @@ class EmbedderTask(Task):
         # runtime.compile: training steps run the compiled graph (sharing the model's parameters); validation and
         # batch-norm calibration keep the eager model, whose other modes and batch sizes would each recompile
         self.forward = torch.compile(trainer.model) if config.runtime.compile else trainer.model
+        # runtime.channels_last: batches in the layout build_model gave the weights
+        self.memory_format = torch.channels_last if config.runtime.channels_last else torch.contiguous_format
         self.result: VerificationResult | None = None  # the latest validation
 
     def _inputs(self, batch: CropBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +122,8 @@ class EmbedderTask(Task):
         device = self.trainer.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        return augment(images, self.cfg.input_size, self.augmentation), labels
+        inputs = augment(images, self.cfg.input_size, self.augmentation)
+        return inputs.contiguous(memory_format=self.memory_format), labels
 
     def triplet_step(self, batch: CropBatch) -> StepOutput:
         """Triplet loss and mining statistics of one batch."""
