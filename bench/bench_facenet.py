@@ -17,18 +17,17 @@ statistics) and of a bare forward + backward + optimizer step of the same model 
 shape, alternated ``--repeats`` times (best of each kept, so load from other processes distorts the ratio
 least), per wall-clock second and per CPU second of this process (on a shared machine the CPU-time ratio is
 the steadier one; with DataLoader workers, wall time is the honest one); ``--compile`` adds the loop with
-``runtime.compile`` and its one-off compile time, ``--channels-last`` the same loop (compiled with ``--compile``) on a
-channels-last copy of the model (``runtime.channels_last``). Training crops come from ``facenet.train_images`` when they
-exist, else random crops of the same size (the loop is the same). ``embed``: ``Embedder.embed`` images/s,
-with and without flip test-time augmentation. ``compare``: LFW-protocol accuracy of each ``--weights``
-embedder and of Eigenfaces (``datasets.synthetic.eval.eigenfaces_verification``: PCA fitted on the training
-crops' centre squares, grey 32x32) on exactly the same pairs (those with both aligned images). Prints
-markdown tables; ``--json FILE`` also saves the numbers.
+``runtime.compile`` and its one-off compile time, ``--channels-last`` the same loop (compiled with
+``--compile``) on a second model built in channels-last layout (``runtime.channels_last``). Training crops come
+from ``facenet.train_images`` when they exist, else random crops of the same size (the loop is the same).
+``embed``: ``Embedder.embed`` images/s, with and without flip test-time augmentation. ``compare``: LFW-protocol
+accuracy of each ``--weights`` embedder and of Eigenfaces (``datasets.synthetic.eval.eigenfaces_verification``:
+PCA fitted on the training crops' centre squares, grey 32x32) on exactly the same pairs (those with both aligned
+images). Prints markdown tables; ``--json FILE`` also saves the numbers.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from dataclasses import replace
@@ -153,7 +152,7 @@ def _bare_rates(model: torch.nn.Module, steps: StepRunner, batch: int, size: int
 def throughput(config: Config, backbone: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Loop and bare images/s for one backbone (best of the alternated repeats) and their ratio; with
     ``--compile`` also the loop with ``runtime.compile`` (its first epoch, which compiles, timed apart); with
-    ``--channels-last`` the loop (compiled or not) on a channels-last copy of the model, with its own trainer."""
+    ``--channels-last`` the loop (compiled or not) on a second, channels-last model with its own trainer."""
     config = _backbone_config(config, backbone, args.inception_identities)
     cfg = config.facenet
     count = args.inception_steps if backbone == "inception_resnet_v1" else args.steps
@@ -171,10 +170,10 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
         return Trainer(net, settings, batches, dist_info=DistInfo(0, 1, 0, device),
                        modules=loss_modules(cfg, int(crops.labels.max()) + 1), amp=config.runtime.amp)
 
-    def task_of(trainer: Trainer, compiled: bool, channels_last: bool) -> tuple[Trainer, EmbedderTask]:
-        """The embedder task of ``trainer`` with these runtime settings, beside its trainer."""
+    def task_of(trainer: Trainer, compiled: bool, channels_last: bool) -> EmbedderTask:
+        """The embedder task of ``trainer`` with these runtime settings."""
         runtime = replace(config.runtime, compile=compiled, channels_last=channels_last)
-        return trainer, EmbedderTask(trainer, replace(config, runtime=runtime), loss_fn, None, log, Path("."))
+        return EmbedderTask(trainer, replace(config, runtime=runtime), loss_fn, None, log, Path("."))
 
     trainer = trainer_of(model)
     tasks = {"eager": task_of(trainer, False, False)}
@@ -182,20 +181,20 @@ def throughput(config: Config, backbone: str, args: argparse.Namespace, device: 
     if args.compile:
         tasks["compiled"] = task_of(trainer, True, False)
         with _Clock(device) as clock:
-            first = trainer.train_epoch(tasks["compiled"][1], 0)
+            first = trainer.train_epoch(tasks["compiled"], 0)
         compile_seconds = clock.wall
     if args.channels_last:
-        layout_trainer = trainer_of(copy.deepcopy(model).to(memory_format=torch.channels_last))
-        tasks["channels_last"] = task_of(layout_trainer, args.compile, True)
+        layout_task = task_of(trainer_of(build_model(cfg, channels_last=True).to(device)), args.compile, True)
+        tasks["channels_last"] = layout_task
         if args.compile:
-            layout_trainer.train_epoch(tasks["channels_last"][1], 0)  # its own compile, untimed
+            layout_task.trainer.train_epoch(layout_task, 0)  # its own compile, untimed
     batch = cfg.identities_per_batch * cfg.images_per_identity
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in (*tasks, "bare")}
     _bare_rates(model, trainer.steps, batch, cfg.input_size, device, 1)  # warm-up (allocator, kernels)
     for repeat in range(args.repeats):
-        for name, (task_trainer, task) in tasks.items():
+        for name, task in tasks.items():
             with _Clock(device) as clock:
-                stats = task_trainer.train_epoch(task, repeat)
+                stats = task.trainer.train_epoch(task, repeat)
             images = stats["batches"] * batch
             rates[name].append((images / clock.wall, images / clock.cpu))
         rates["bare"].append(_bare_rates(model, trainer.steps, batch, cfg.input_size, device, count))
