@@ -3,7 +3,7 @@ probes, enrolment, detection recall, verification and open-set identification th
 metric against its floor, and the printed and JSON report."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ class ProbeSplit:
     images: dict[str, list[str]]  # identity -> image paths (sorted)
     enrolled: list[str]
     unknown: list[str]
+    seed: int = 0  # of the split into enrolled and unknown people
     gallery_images: dict[str, list[str]] = field(default_factory=dict)
     probes: list[tuple[str, str]] = field(default_factory=list)  # (path, true identity)
 
@@ -46,7 +47,7 @@ def gallery_probe_split(folder: IdentityFolder, unknown_fraction: float, gallery
         count = min(max(count, 1), len(names) - 1)
     unknown = sorted(rng.permutation(names)[:count].tolist()) if count else []
     enrolled = [n for n in names if n not in unknown]
-    test = ProbeSplit(images, enrolled, unknown)
+    test = ProbeSplit(images, enrolled, unknown, seed)
     for name in enrolled:
         test.gallery_images[name] = images[name][:gallery_images]
         probes = images[name][gallery_images:]
@@ -283,6 +284,7 @@ class SystemFigures:
     checks: list[Check]
     verification: dict[str, float]
     identification: dict[str, float]
+    splits: list[dict[str, object]] = field(default_factory=list)  # per enrolment split, when several were measured
 
 
 def measure(system: FaceRecognitionSystem, config: Config, results: dict[str, ImageResult], test_paths: list[str],
@@ -321,6 +323,59 @@ def measure(system: FaceRecognitionSystem, config: Config, results: dict[str, Im
                          verify_details, ident)
 
 
+def measure_other_split(system: FaceRecognitionSystem, config: Config, results: dict[str, ImageResult],
+                        test_paths: list[str], test: ProbeSplit, pairs: list[tuple[str, str, bool]],
+                        distractors: dict[str, list[str]], boxes_file: Path) -> SystemFigures:
+    """The figures of one more enrolment split, from the images already analysed; the system's gallery is
+    left as it was (the first split's, the one saved)."""
+    kept = system.gallery
+    system.gallery = Gallery(system.embedder_sha256, system.embedder.embedding_size)
+    try:
+        enrol_test_set(system, results, test, distractors)
+        return measure(system, config, results, test_paths, test, pairs, boxes_file)
+    finally:
+        system.gallery = kept
+
+
+def split_figures(figures: SystemFigures, test: ProbeSplit) -> dict[str, object]:
+    """The split-dependent figures of one enrolment split (and who was left out as a stranger), for the report."""
+    ident = figures.identification
+    return {"seed": test.seed, "strangers": test.unknown, "verification_accuracy": figures.checks[1].value,
+            "false_accept_rate": figures.verification["false_accept_rate"], "top1": ident["top1"],
+            "closed_set_rank1": ident["closed_set_rank1"], "impostor_accept_rate": ident["impostor_accept_rate"]}
+
+
+def _mean_dict(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Each numeric entry averaged over the dicts (NaN entries skipped; NaN when all are); others, and entries
+    the same in every dict (counts that do not depend on the split), the first's."""
+    def mean(key: str) -> float:
+        values = [d[key] for d in dicts if d[key] is not None and not np.isnan(d[key])]
+        if len(values) == len(dicts) and all(v == values[0] for v in values):
+            return values[0]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {key: mean(key) if isinstance(value, (int, float)) else value for key, value in dicts[0].items()}
+
+
+def mean_over_splits(runs: list[SystemFigures], tests: list[ProbeSplit]) -> SystemFigures:
+    """The figures of several enrolment splits of one test set as one: each split-dependent check (all but
+    detection recall) averaged, its range in the detail; the numeric verification and identification details
+    averaged; each split's own figures kept in ``splits``. The counts and the rest are the first split's."""
+    first = runs[0]
+    checks = [first.checks[0]]
+    for i, check in enumerate(first.checks[1:], start=1):
+        values = [r.checks[i].value for r in runs if r.checks[i].value is not None]
+        if not values:
+            checks.append(check)
+            continue
+        detail = (f"mean of {len(values)} enrolment splits (range {min(values):.4f}-{max(values):.4f}); "
+                  f"first split: {check.detail}")
+        checks.append(replace(check, value=float(np.mean(values)), detail=detail))
+    return replace(first, checks=checks, verification=_mean_dict([r.verification for r in runs]),
+                   identification=_mean_dict([r.identification for r in runs]),
+                   splits=[split_figures(r, test) for r, test in zip(runs, tests, strict=True)])
+
+
 def report_lines(figures: SystemFigures, enrolment: Enrolment, system: FaceRecognitionSystem, config: Config,
                  folder: IdentityFolder, test: ProbeSplit, distractors: dict[str, list[str]]) -> list[str]:
     """The printed report: the system and test set, one line per stage and check, then who and what was left out."""
@@ -346,6 +401,10 @@ def report_lines(figures: SystemFigures, enrolment: Enrolment, system: FaceRecog
         f"{'probes without a face':<24}{ident['probes_without_face']}",
         f"{'time per image':<24}{format_times(system)}",
     ]
+    for split in figures.splits:
+        lines.append(f"enrolment split seed {split['seed']}: verification {split['verification_accuracy']:.4f} "
+                     f"(FAR {split['false_accept_rate']:.4f}), top-1 {split['top1']:.4f}, closed-set rank-1 "
+                     f"{split['closed_set_rank1']:.4f}, impostor acceptance {split['impostor_accept_rate']:.4f}")
     if figures.without_face:
         lines.append(f"images without a face: {name_some(figures.without_face)}")
     for name, reason in enrolment.not_enrolled.items():
@@ -364,6 +423,7 @@ def report_json(figures: SystemFigures, enrolment: Enrolment, system: FaceRecogn
         "images": len(figures.test_paths), "unreadable": figures.unreadable, "images_with_face": figures.with_face,
         "faces": figures.faces, "alignment_failures": figures.alignment_failures,
         "verification": figures.verification, "identification": figures.identification,
+        "enrolment_splits": figures.splits,
         "images_without_face": figures.without_face,
         "gallery_images_without_face": enrolment.missing_gallery_faces,
         "not_enrolled": enrolment.not_enrolled, "probes_left_out": enrolment.left_out_probes,

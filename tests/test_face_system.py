@@ -274,7 +274,8 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
             (distractors / person).mkdir(parents=True, exist_ok=True)
             (distractors / person / source.name).write_bytes(source.read_bytes())
     code = run_script("test_system.py", system_args + zero_floors + ["--distractors", str(distractors),
-                                                                     "--set=system.distractor_identities=2"])
+                                                                     "--set=system.distractor_identities=2",
+                                                                     "--splits", "3"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for line in ("images read", "faces detected", "alignment failures", "verification accuracy",
@@ -290,6 +291,20 @@ def test_train_matching_then_test_system_command_lines(lfw12: Path, pretrained_m
     assert "2 distractors" in captured.out
     report = json.loads((runs / "system" / "report.json").read_text())
     assert report["identification"]["known_probes"] == 6 and report["identification"]["unknown_probes"] == 6
+    # --splits 3: three seeded enrolment splits, each check the mean of its splits, the gallery saved the first's
+    splits = report["enrolment_splits"]
+    assert [s["seed"] for s in splits] == [0, 1, 2] and len(re.findall("enrolment split seed", captured.out)) == 3
+    for check, key in (("identification top-1", "top1"), ("impostor acceptance", "impostor_accept_rate"),
+                       ("verification accuracy", "verification_accuracy")):
+        assert report["checks"][check]["value"] == pytest.approx(np.mean([s[key] for s in splits]))
+    assert report["identification"]["closed_set_rank1"] == pytest.approx(np.mean([s["closed_set_rank1"]
+                                                                                 for s in splits]))
+    people = {s["strangers"][0] for s in splits} | {s["strangers"][1] for s in splits}
+    assert all(len(s["strangers"]) == 2 for s in splits) and len(people) > 2  # the splits enrol different people
+    assert not set(splits[0]["strangers"]) & set(gallery.names) and len(gallery.names) == 8  # the first split's
+    code = run_script("test_system.py", system_args + ["--splits", "2", "--reuse-gallery"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--splits" in err
 
     code = run_script("test_system.py", system_args + ["--set=system.min_verification_accuracy=1",
                                                        "--set=system.max_impostor_accept_rate=0",
