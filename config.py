@@ -443,6 +443,9 @@ class FaceNetConfig:
     warmup_steps: Count = 30
     accumulate: PositiveCount = 1  # gradient accumulation over this many P x K batches (more than fit in memory)
     clip_grad_norm: NonNegative = 0.0
+    # Weight averaging: validate and save (best.pt, the embedder) an exponential moving average of the weights,
+    # updated every optimizer step with this decay (0.999: about the last 1,000 steps); 0 = the trained weights.
+    ema_decay: Annotated[float, between(0, 1, open_high=True)] = 0.0
     # Validation (LFW protocol on the pairs file, every val_every epochs) and early stopping.
     val_every: PositiveCount = 1
     val_flip: bool = False  # horizontal-flip test-time augmentation

@@ -1,6 +1,7 @@
 """The training engine on a toy problem: the loss falls, an extra trainable module (a classification head over
 the training identities) is optimised, saved apart from the model and restored, the step may change between
-epochs, and a run stopped by a signal inside an epoch and resumed ends bit for bit where an unbroken one does."""
+epochs, a run stopped by a signal inside an epoch and resumed ends bit for bit where an unbroken one does, and
+the moving average of the weights (``ema_decay``) is the one validated, saved as the model and resumed."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ from torch.utils.data import TensorDataset
 from training.engine import EpochLoader, OptimSettings, StepFn, StepOutput, Task, Trainer, unwrap
 from training.run import open_run
 from utils.distributed import DistInfo
+from utils.errors import DataError
 from utils.seed import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -51,6 +53,7 @@ class ToySection:
     lr: float = 0.05
     accumulate: int = 2
     warmup_steps: int = 2
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -99,9 +102,9 @@ def toy_data(seed: int = 0) -> TensorDataset:
     return TensorDataset(torch.tensor(points, dtype=torch.float32), torch.tensor(labels))
 
 
-def toy_trainer(folder: Path, resume: bool = False) -> Trainer:
+def toy_trainer(folder: Path, resume: bool = False, ema_decay: float = 0.0) -> Trainer:
     """The same model, head, data and settings each call (seeded), in run folder ``folder``."""
-    config = ToyConfig()
+    config = ToyConfig(ToySection(ema_decay=ema_decay))
     seed_everything(0)
     model, head = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 6)), nn.Linear(6, 4, bias=False)
     run = open_run(folder, "toy", config, resume=resume)
@@ -140,22 +143,23 @@ def test_the_extra_module_is_trained_saved_apart_from_the_model_and_restored(tmp
     assert resumed.state.epoch == 4
 
 
-def test_a_run_stopped_by_a_signal_mid_epoch_resumes_bit_for_bit(tmp_path: Path) -> None:
-    unbroken = toy_trainer(tmp_path / "unbroken")
+@pytest.mark.parametrize("ema_decay", [0.0, 0.8], ids=["trained weights", "moving average"])
+def test_a_run_stopped_by_a_signal_mid_epoch_resumes_bit_for_bit(tmp_path: Path, ema_decay: float) -> None:
+    unbroken = toy_trainer(tmp_path / "unbroken", ema_decay=ema_decay)
     unbroken.fit(ToyTask(unbroken))
 
-    broken = toy_trainer(tmp_path / "broken")
+    broken = toy_trainer(tmp_path / "broken", ema_decay=ema_decay)
     with pytest.raises(KeyboardInterrupt):
         broken.fit(ToyTask(broken, interrupt_at=8 + 3))  # the third batch of epoch 2: between two steps
     saved = torch.load(tmp_path / "broken" / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["batches_done"]) == (1, 3) and saved["module_grads"]["head"], "mid-accumulation"
-    resumed = toy_trainer(tmp_path / "broken", resume=True)
+    resumed = toy_trainer(tmp_path / "broken", resume=True, ema_decay=ema_decay)
     task = ToyTask(resumed)
     resumed.fit(task)
     assert task.phases == ["margin", "pull", "pull"], "the resumed run starts in epoch 2, with that epoch's step"
 
     final = [torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("unbroken", "broken")]
-    for key in ("model", "modules"):
+    for key in ("model", "modules", *(("trained_model",) if ema_decay else ())):
         flat = [dict(_leaves(f[key])) for f in final]
         assert flat[0].keys() == flat[1].keys()
         assert all(torch.equal(flat[0][k], flat[1][k]) for k in flat[0]), key
@@ -171,3 +175,41 @@ def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+class RecordingTask(ToyTask):
+    """The toy task, keeping the model's weights as each batch finds them."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer)
+        self.seen: list[torch.Tensor] = []
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(_flat(self.trainer.model))
+        return super()._embed(x)
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in unwrap(model).parameters()])
+
+
+def test_the_moving_average_of_the_weights_is_validated_and_saved_as_the_model(tmp_path: Path) -> None:
+    trainer = toy_trainer(tmp_path, ema_decay=0.8)
+    task = RecordingTask(trainer)
+    state = trainer.fit(task)
+    # the weights after each optimizer step (every second batch): those the next batch found, then the final ones
+    after_steps = task.seen[2::2] + [_flat(trainer.model)]
+    assert len(after_steps) == state.step == 16
+    expected = after_steps[0]
+    for weights in after_steps[1:]:
+        expected = 0.8 * expected + 0.2 * weights
+    average = _flat(trainer.eval_model)
+    assert torch.allclose(average, expected, atol=1e-6) and not torch.allclose(average, after_steps[-1], atol=1e-3)
+
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert torch.equal(torch.cat([v.flatten() for v in last["model"].values()]), average), "inference reads the average"
+    assert torch.equal(torch.cat([v.flatten() for v in last["trained_model"].values()]), after_steps[-1])
+    assert last["ema_updates"] == 16 and "trained_model" not in best and best["model"].keys() == last["model"].keys()
+    with pytest.raises(DataError, match="moving average"):
+        toy_trainer(tmp_path, resume=True)  # resumed without the average it was trained with: refused

@@ -166,6 +166,21 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
     assert [r["epoch"] for r in _rows(tmp_path / "broken" / "metrics_train.csv")] == ["1", "2"]
 
 
+def test_moving_average_of_the_weights_learns_and_is_what_validation_and_best_pt_see(aligned: Path,
+                                                                                    tmp_path: Path) -> None:
+    with pytest.warns(UserWarning):
+        assert _train(aligned, tmp_path, "facenet.epochs=16", "facenet.batches_per_epoch=5", "facenet.lr=0.01",
+                      "facenet.ema_decay=0.8") == 0
+    accuracy = [float(r["val_accuracy"]) for r in _rows(tmp_path / "metrics_val.csv")]
+    assert accuracy[-1] >= 0.75 and np.mean(accuracy[-3:]) > np.mean(accuracy[:3]) + 0.1, f"should learn: {accuracy}"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["best_validation"]["accuracy"] == pytest.approx(max(accuracy), abs=1e-9), \
+        "best.pt holds the weights validation measured: the moving average"
+    last, best = (torch.load(tmp_path / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert last["ema_updates"] == last["step"] == 80 and "trained_model" not in best
+    assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
+
+
 @pytest.mark.parametrize("loss", ["cosface", "arcface"])
 def test_margin_loss_learns_and_its_head_stays_out_of_the_embedder(aligned: Path, tmp_path: Path, loss: str) -> None:
     with pytest.warns(UserWarning, match="9999.jpg"):

@@ -10,8 +10,13 @@ the epoch summary. The engine owns the rest, once: optimizer and schedule, AMP, 
 clipping, DDP, the non-finite loss guard (every process agrees to skip or stop), metric rows (written
 before the checkpoint), ``best.pt``/``last.pt``, early stopping, and a clean stop on SIGINT/SIGTERM.
 
-Resume is exact: the checkpoint holds model, modules, optimizer, scheduler, gradient scaler, every RNG
-state and the gradients accumulated since the last optimizer step; samplers draw their order from (seed,
+With ``ema_decay`` the engine also keeps an exponential moving average of the model's weights (and batch-norm
+statistics), updated after every optimizer step (``torch.optim.swa_utils.AveragedModel``, as torchvision's
+``--model-ema``): the task validates it, and it is the ``model`` entry of the checkpoints, so ``best.pt`` and
+everything that reads it get the averaged weights; the trained weights go to ``trained_model``, for resume.
+
+Resume is exact: the checkpoint holds model (and its average), modules, optimizer, scheduler, gradient scaler,
+every RNG state and the gradients accumulated since the last optimizer step; samplers draw their order from (seed,
 epoch), and a checkpoint written on a signal inside an epoch records how many of its batches were
 trained, which :class:`EpochLoader` skips on resume. Its data loader owns its generator, so creating an
 iterator does not draw from the global RNG that augmentation uses. Settings that may change on resume
@@ -35,6 +40,7 @@ from typing import Any, NamedTuple, NoReturn
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.run import Run
@@ -65,6 +71,7 @@ class OptimSettings:
     accumulate: int = 1  # gradient accumulation: optimizer steps every this many batches
     clip_grad_norm: float = 0.0
     early_stopping_patience: int = 0  # stop after this many validations without a better metric; 0 = never
+    ema_decay: float = 0.0  # validate and save a moving average of the weights with this decay per step; 0 = off
 
     @classmethod
     def of(cls, section: Any) -> OptimSettings:
@@ -381,7 +388,8 @@ class TrainingState:
 
 class Checkpointer:
     """Writes ``last.pt`` (the full state) and, when the validation metric improves, ``best.pt`` (the same
-    without the extra modules' state: only what inference needs beside it)."""
+    without the extra modules' state and the trained weights behind a moving average: only what inference
+    needs beside it)."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
@@ -409,7 +417,8 @@ class Checkpointer:
         # best.pt first: a run killed between the two writes resumes from the previous last.pt and, resuming
         # exactly, rewrites the same best.pt; the other order could leave a last.pt whose best.pt was never written.
         if improved or (metric is None and not self.best_path.exists()):
-            save_checkpoint(self.best_path, {k: v for k, v in payload.items() if k not in ("modules", "module_grads")})
+            save_checkpoint(self.best_path, {k: v for k, v in payload.items()
+                                             if k not in ("modules", "module_grads", "trained_model")})
         save_checkpoint(self.last_path, payload)
         return improved
 
@@ -474,6 +483,8 @@ class Trainer:
                                          min(settings.warmup_steps, total_steps // 4))
         self.steps = StepRunner(self.optimizer, self.scheduler, self.device, amp, settings.accumulate,
                                 settings.clip_grad_norm)
+        self.ema = (AveragedModel(unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay),
+                                  use_buffers=True) if settings.ema_decay > 0 else None)
         self.checkpointer = Checkpointer(run.folder if run else ".", enabled=run is not None and run.is_main)
         self.state = TrainingState()
         self.sums = StatSums()  # of the epoch in progress (restored with a checkpoint written inside it)
@@ -483,6 +494,11 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         """Mixed-precision context for a step's forward pass (a no-op on the CPU or without AMP)."""
         return self.steps.autocast()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to validate: the moving average of the weights with ``ema_decay``, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _trained(self) -> list[nn.Module]:
         return [self.model, *self.modules.values()]
@@ -508,6 +524,10 @@ class Trainer:
             "config": run.config if run else {},
             **extra,
         }
+        if self.ema is not None:  # what inference reads is the average; training resumes from the trained weights
+            payload["model"] = self.ema.module.state_dict()
+            payload["trained_model"] = unwrap(self.model).state_dict()
+            payload["ema_updates"] = int(self.ema.n_averaged)
         if self.modules:
             payload["modules"] = {name: unwrap(m).state_dict() for name, m in self.modules.items()}
             payload["module_grads"] = {name: pending_gradients(m) for name, m in self.modules.items()}
@@ -519,7 +539,15 @@ class Trainer:
 
     def _restore(self, checkpoint: dict[str, Any], path: Path) -> None:
         """Everything :meth:`save` wrote; the optimizer then takes the current settings (see :func:`apply_settings`)."""
-        load_model_state(unwrap(self.model), checkpoint["model"], path)
+        trained = checkpoint.get("trained_model")
+        if (trained is None) != (self.ema is None):
+            raise DataError(path, f"the run was trained {'without' if trained is None else 'with'} a moving average "
+                                  f"of its weights and is resumed {'with' if trained is None else 'without'} one; "
+                                  "keep ema_decay on (or off) as it was, or start a new run")
+        load_model_state(unwrap(self.model), checkpoint["model"] if trained is None else trained, path)
+        if self.ema is not None:
+            load_model_state(self.ema.module, checkpoint["model"], path)
+            self.ema.n_averaged.fill_(int(checkpoint["ema_updates"]))
         saved_modules = checkpoint.get("modules", {})
         for name, module in self.modules.items():
             if name not in saved_modules:
@@ -573,6 +601,8 @@ class Trainer:
             if check_finite(out.loss, f"epoch {epoch + 1}, step {self.state.step}", self.skip_nonfinite):
                 if self.steps.backward(out.loss, self._parameters()):
                     self.state.step += 1
+                    if self.ema is not None:
+                        self.ema.update_parameters(unwrap(self.model))
                 sums.add(out.loss, out.stats)
                 seen += out.samples
                 if show and sums.batches % 10 == 0:

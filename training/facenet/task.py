@@ -32,10 +32,11 @@ KIND = "facenet"
 # What a resumed run cannot change: the network's shape and input (its weights would not fit or would mean
 # something else), the face framing its crops were cut with, the optimizer kind (its saved moments), the loss
 # kinds and where the switch between them falls, the identities the margin head has one weight for, the
-# accumulation its pending gradients were scaled for, and the weights it started from.
+# accumulation its pending gradients were scaled for, the weights it started from, and the decay of the weight
+# average the checkpoint's model is.
 FIXED_ON_RESUME = tuple(f"facenet.{key}" for key in (
     "backbone", "embedding_size", "input_size", "width", "standardization", "pretrained", "optimizer", "mining",
-    "squared", "accumulate", "loss", "triplet_finetune_epochs", "train_images")) + tuple(
+    "squared", "accumulate", "loss", "triplet_finetune_epochs", "train_images", "ema_decay")) + tuple(
     f"align.{key}" for key in ("train_size", "eval_size", "margin", "method"))
 MARGIN_STAT_NAMES = ("train_accuracy", "mean_target_cos", "mean_max_other_cos")
 
@@ -153,8 +154,8 @@ class EmbedderTask(Task):
         """The LFW protocol on the pairs set every ``val_every`` epochs and after the last (main process only)."""
         if self.pairs is None or not (epoch % self.cfg.val_every == 0 or epoch == self.cfg.epochs):
             return None, {}
-        self.result, losses, _ = evaluate(self.trainer.model, self.pairs, self.trainer.device, self.cfg, self.loss_fn,
-                                          self.cfg.val_flip)
+        self.result, losses, _ = evaluate(self.trainer.eval_model, self.pairs, self.trainer.device, self.cfg,
+                                          self.loss_fn, self.cfg.val_flip)
         return self.result.accuracy + 1e-6 * self.result.auc, result_row(self.result, losses, self.pairs)
 
     def on_best(self, epoch: int) -> None:
