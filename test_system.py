@@ -201,9 +201,9 @@ def main(args: argparse.Namespace) -> int:
     boxes_file = Path(args.boxes) if args.boxes else pairs_root.parent / "landmarks.txt"
     figures = measure(system, config, results, test_paths, test, pairs, boxes_file)
     if len(splits) > 1:
-        figures = mean_over_splits([figures, *[measure_other_split(system, config, results, test_paths, other, pairs,
-                                                                   distractors, boxes_file) for other in splits[1:]]],
-                                   splits)
+        others = [measure_other_split(system, config, results, other, pairs, distractors, figures)
+                  for other in splits[1:]]
+        figures = mean_over_splits([figures, *others], splits)
     print("\n".join(report_lines(figures, enrolment, system, config, folder, test, distractors)))
     if len(system.log):
         print(system.log.summary())

@@ -300,12 +300,20 @@ def measure(system: FaceRecognitionSystem, config: Config, results: dict[str, Im
     alignment_failures = sum(r.alignment_failures for r in image_results)
     detection = detection_recall(results, ground_truth_boxes(boxes_file), config.detector.min_face_size,
                                  floors.min_detection_recall)
+    checks, verify_details, ident = split_checks(system, config, results, test, pairs)
+    return SystemFigures(test_paths, unreadable, with_face, without_face, faces, alignment_failures,
+                         [detection, *checks], verify_details, ident)
+
+
+def split_checks(system: FaceRecognitionSystem, config: Config, results: dict[str, ImageResult], test: ProbeSplit,
+                 pairs: list[tuple[str, str, bool]]) -> tuple[list[Check], dict[str, float], dict[str, float]]:
+    """The checks that depend on who is enrolled (verification, whose scores are centred on the gallery, and
+    identification) with their details, for the system's current gallery."""
+    floors = config.system
     accuracy, verify_details = verification(system, results, pairs)
     threshold = system.identification_threshold(floors.impostor_accept_target)
     ident = identification(system, results, test, threshold)
-
     checks = [
-        detection,
         Check("verification accuracy", accuracy, floors.min_verification_accuracy,
               detail=f"on {verify_details['pairs']} pairs ({verify_details['pairs_without_face']} without a face), "
                      f"TAR {verify_details['true_accept_rate']:.4f}, FAR {verify_details['false_accept_rate']:.4f}"
@@ -319,22 +327,23 @@ def measure(system: FaceRecognitionSystem, config: Config, results: dict[str, Im
               detail=f"of {ident['unknown_probes']} probes of people not in the gallery" if ident["unknown_probes"]
               else "no probes of people outside the gallery"),
     ]
-    return SystemFigures(test_paths, unreadable, with_face, without_face, faces, alignment_failures, checks,
-                         verify_details, ident)
+    return checks, verify_details, ident
 
 
 def measure_other_split(system: FaceRecognitionSystem, config: Config, results: dict[str, ImageResult],
-                        test_paths: list[str], test: ProbeSplit, pairs: list[tuple[str, str, bool]],
-                        distractors: dict[str, list[str]], boxes_file: Path) -> SystemFigures:
-    """The figures of one more enrolment split, from the images already analysed; the system's gallery is
-    left as it was (the first split's, the one saved)."""
+                        test: ProbeSplit, pairs: list[tuple[str, str, bool]], distractors: dict[str, list[str]],
+                        first: SystemFigures) -> SystemFigures:
+    """The figures of one more enrolment split, from the images already analysed: ``first``'s (the first
+    split's) with the split-dependent checks re-measured; the system's gallery is left as it was (the first
+    split's, the one saved)."""
     kept = system.gallery
     system.gallery = Gallery(system.embedder_sha256, system.embedder.embedding_size)
     try:
         enrol_test_set(system, results, test, distractors)
-        return measure(system, config, results, test_paths, test, pairs, boxes_file)
+        checks, verify_details, ident = split_checks(system, config, results, test, pairs)
     finally:
         system.gallery = kept
+    return replace(first, checks=[first.checks[0], *checks], verification=verify_details, identification=ident)
 
 
 def split_figures(figures: SystemFigures, test: ProbeSplit) -> dict[str, object]:

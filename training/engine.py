@@ -511,7 +511,8 @@ class Trainer:
         run = self.run
         payload = {
             "kind": run.kind if run else "",
-            "model": unwrap(self.model).state_dict(),
+            # what inference reads: the moving average when there is one (the trained weights then in trained_model)
+            "model": (self.ema.module if self.ema is not None else unwrap(self.model)).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps.state_dict(),
@@ -524,8 +525,7 @@ class Trainer:
             "config": run.config if run else {},
             **extra,
         }
-        if self.ema is not None:  # what inference reads is the average; training resumes from the trained weights
-            payload["model"] = self.ema.module.state_dict()
+        if self.ema is not None:  # training resumes from the trained weights
             payload["trained_model"] = unwrap(self.model).state_dict()
             payload["ema_updates"] = int(self.ema.n_averaged)
         if self.modules:
