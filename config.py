@@ -369,6 +369,10 @@ class AlignConfig:
     # View-2 pairs file of holdout_folds folds (identity-disjoint) of holdout_pairs_per_fold same + as many
     # different pairs; 0 = no split (datasets that come with their own pairs file).
     holdout_identities: Count = 0
+    # Carve this many more identities (the next ones of the same draw, so the held-out people stay as they were)
+    # as a validation split val/ in the same layout and pairs format: point facenet.val_pairs/val_images at it
+    # and best.pt's epoch is chosen on people that neither train nor give the held-out figure.
+    validation_identities: Count = 0
     holdout_folds: Annotated[int, at_least(2)] = 10
     holdout_pairs_per_fold: PositiveCount = 100
 

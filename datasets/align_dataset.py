@@ -249,14 +249,19 @@ def _record(report: AlignReport, photo: Photo, status: str, faces: int) -> str:
 # --- held-out identities and their pairs file --------------------------------------------------------------
 
 
-def hold_out_identities(identities: Sequence[str], holdout: int, seed: int) -> tuple[list[str], list[str]]:
-    """(train, held-out) identity lists: ``holdout`` identities drawn by ``seed``, both sorted."""
+def split_identities(identities: Sequence[str], holdout: int, validation: int = 0,
+                     seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """(train, held-out, validation) identity lists, each sorted: the first ``holdout`` then the next
+    ``validation`` names of one permutation drawn by ``seed``, so adding a validation split keeps the held-out
+    people as they were."""
     names = sorted(set(identities))
-    if not 0 <= holdout < len(names):
-        raise ConfigError(f"cannot hold out {holdout} of {len(names)} identities (keep at least one for training)")
+    if not 0 <= holdout + validation < len(names):
+        raise ConfigError(f"cannot hold out {holdout} + {validation} of {len(names)} identities "
+                          "(keep at least one for training)")
     order = np.random.default_rng([seed, 20170]).permutation(len(names))
     held = {names[i] for i in order[:holdout]}
-    return [n for n in names if n not in held], sorted(held)
+    val = {names[i] for i in order[holdout:holdout + validation]}
+    return [n for n in names if n not in held and n not in val], sorted(held), sorted(val)
 
 
 # --- datasets by name, from the config ------------------------------------------------------------------------
@@ -264,8 +269,8 @@ def hold_out_identities(identities: Sequence[str], holdout: int, seed: int) -> t
 
 @dataclass
 class AlignJob:
-    """One source tree to align: ``kind`` "train" (train_size crops, optional held-out split) or "eval"
-    (eval_size crops; ``pairs`` is copied beside them)."""
+    """One source tree to align: ``kind`` "train" (train_size crops, optional held-out and validation splits)
+    or "eval" (eval_size crops; ``pairs`` is copied beside them)."""
 
     name: str
     source: Path
@@ -273,6 +278,7 @@ class AlignJob:
     kind: str
     pairs: Path | None = None
     holdout: int = 0
+    validation: int = 0
 
 
 def align_jobs(dataset: str, config: Config, src: str | Path | None = None,
@@ -283,10 +289,9 @@ def align_jobs(dataset: str, config: Config, src: str | Path | None = None,
         raise ConfigError(f"--align: unknown dataset {dataset!r}; choose one of {', '.join(ALIGN_DATASETS)}")
     data_root = Path(config.paths.data_root)
     out = Path(dst) if dst else (config.path("aligned") if dataset == "synthetic" else data_root / "aligned" / dataset)
-    holdout = config.align.holdout_identities
+    splits = {"holdout": config.align.holdout_identities, "validation": config.align.validation_identities}
     if dataset == "synthetic":
-        return [AlignJob("train", Path(src) if src else config.path("identities"), out / "train", "train",
-                         holdout=holdout),
+        return [AlignJob("train", Path(src) if src else config.path("identities"), out / "train", "train", **splits),
                 AlignJob("lfw_val", config.path("val_images"), out / "lfw_val" / "images", "eval",
                          config.path("val_pairs")),
                 AlignJob("lfw_test", config.path("test_images"), out / "lfw_test" / "images", "eval",
@@ -307,7 +312,7 @@ def align_jobs(dataset: str, config: Config, src: str | Path | None = None,
         source = next((c for c in (base / "train.rec", base / "train", base / "identities") if c.exists()), base)
     if source.is_dir() and (source / "train.rec").is_file():
         source = source / "train.rec"
-    return [AlignJob("train", source, out / "train", "train", holdout=holdout)]
+    return [AlignJob("train", source, out / "train", "train", **splits)]
 
 
 def detector_for_alignment(config: Config, device: torch.device | str = "cpu") -> FaceDetector:
@@ -324,15 +329,20 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
     a = config.align
     photos, records, left_out = list_photos(job.source)
     train_margin, _ = framing_margins(a.train_size, a.eval_size, a.margin)
+    splits: dict[str, list[str]] = {}
     if job.kind == "eval":
         targets = [CropTarget(job.out, a.eval_size, a.margin)]
-        held: list[str] = []
     else:
-        train_ids, held = hold_out_identities([p.identity for p in photos], job.holdout, config.runtime.seed)
-        targets = [CropTarget(job.out, a.train_size, train_margin, frozenset(train_ids) if held else None)]
-        if held:
-            targets.append(CropTarget(job.out.parent / "test" / "images", a.eval_size, a.margin, frozenset(held),
-                                      lfw_names=True))
+        train_ids, splits["test"], splits["val"] = split_identities(
+            [p.identity for p in photos], job.holdout, job.validation, config.runtime.seed)
+        splits = {name: ids for name, ids in splits.items() if ids}
+        stale = sorted(n for ids in splits.values() for n in ids if (job.out / n).is_dir())
+        if stale:  # an earlier run with other split settings: its training crops would leak into test/val
+            raise DataError(job.out, f"holds training crops of {len(stale)} held-out or validation identities "
+                                     f"(e.g. {stale[0]}) from an earlier alignment; align into a new folder")
+        targets = [CropTarget(job.out, a.train_size, train_margin, frozenset(train_ids) if splits else None)]
+        targets += [CropTarget(job.out.parent / name / "images", a.eval_size, a.margin, frozenset(ids),
+                               lfw_names=True) for name, ids in splits.items()]
     report = align_photos(photos, targets, detector, job.out / PROGRESS_FILE, records=records, method=a.method,
                           select=a.select, batch_images=a.batch_images, jpeg_quality=a.jpeg_quality, workers=workers,
                           log=log, show_progress=show_progress, source_name=f"{job.name} ({job.source})")
@@ -345,16 +355,19 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
             raise DataError(job.pairs, "pairs file of this evaluation set not found")
         shutil.copyfile(job.pairs, job.out.parent / "pairs.txt")
         extra["pairs"] = str(job.out.parent / "pairs.txt")
-    if held:
-        pairs_path = job.out.parent / "test" / "pairs.txt"
-        folds = make_pairs(targets[1].folder, a.holdout_folds, a.holdout_pairs_per_fold, config.runtime.seed)
+    for name, ids in splits.items():  # report keys: pairs, held_out_identities, ... and val_pairs, val_identities, ...
+        pairs_path = job.out.parent / name / "pairs.txt"
+        folds = make_pairs(pairs_path.parent / "images", a.holdout_folds, a.holdout_pairs_per_fold,
+                           config.runtime.seed)
         write_pairs(pairs_path, folds)
-        extra.update(pairs=str(pairs_path), held_out_identities=held,
-                     pairs_per_fold=sum(p.same for p in folds[0]), folds=len(folds))
+        prefix = "" if name == "test" else "val_"
+        extra.update({f"{prefix}pairs": str(pairs_path), f"{prefix or 'held_out_'}identities": ids,
+                      f"{prefix}pairs_per_fold": sum(p.same for p in folds[0]), f"{prefix}folds": len(folds)})
     atomic_write_text(job.out / REPORT_FILE, json.dumps({**report.as_dict(), **extra}, indent=1) + "\n")
     print_fn(report.summary())
-    if extra.get("pairs"):
-        print_fn(f"  pairs file: {extra['pairs']}")
+    for key, what in (("pairs", "pairs file"), ("val_pairs", "validation pairs file")):
+        if extra.get(key):
+            print_fn(f"  {what}: {extra[key]}")
     return report
 
 

@@ -17,9 +17,9 @@ from datasets.align_dataset import (
     CropTarget,
     align_jobs,
     framing_margins,
-    hold_out_identities,
     list_photos,
     main_face_crops,
+    split_identities,
 )
 from datasets.lfw import read_pairs, write_pairs
 from datasets.pairs_builder import make_pairs
@@ -72,11 +72,17 @@ def test_training_crop_centre_is_the_evaluation_crop() -> None:
 
 
 def test_held_out_identities_and_their_pairs_file(tmp_path: Path) -> None:
-    train, held = hold_out_identities([f"id{i}" for i in range(12)] * 2, 5, seed=3)
-    assert len(held) == 5 and len(train) == 7 and not set(train) & set(held)
-    assert hold_out_identities([f"id{i}" for i in range(12)], 5, seed=3) == (train, held)
+    names = [f"id{i}" for i in range(12)]
+    train, held, val = split_identities(names * 2, 5, seed=3)
+    assert len(held) == 5 and len(train) == 7 and not set(train) & set(held) and val == []
+    assert split_identities(names, 5, seed=3) == (train, held, [])
+    train_v, held_v, val_v = split_identities(names, 5, 3, seed=3)
+    assert held_v == held, "a validation split leaves the held-out people as they were"
+    assert len(val_v) == 3 and set(val_v) <= set(train) and sorted(train_v + val_v) == train
     with pytest.raises(ConfigError):
-        hold_out_identities(["a", "b"], 2, seed=0)
+        split_identities(["a", "b"], 2, seed=0)
+    with pytest.raises(ConfigError, match="1 \\+ 1 of 2"):
+        split_identities(["a", "b"], 1, 1, seed=0)
     for number, name in enumerate(held):
         (tmp_path / name).mkdir()
         for index in range(1, 3 + number % 2 + 1):
@@ -101,7 +107,8 @@ def test_dataset_names_map_to_config_paths(tmp_path: Path) -> None:
     jobs = align_jobs("synthetic", config)
     assert [j.name for j in jobs] == ["train", "lfw_val", "lfw_test"]
     assert jobs[0].source == config.path("identities") and jobs[0].out == config.path("aligned") / "train"
-    assert jobs[0].holdout == 3 and jobs[1].kind == "eval" and jobs[1].pairs == config.path("val_pairs")
+    assert jobs[0].holdout == 3 and jobs[0].validation == 0
+    assert jobs[1].kind == "eval" and jobs[1].pairs == config.path("val_pairs")
     assert jobs[1].out == config.path("aligned") / "lfw_val" / "images"
     assert align_jobs("celeba", config, dst=tmp_path / "x")[0].out == tmp_path / "x" / "train"
     with pytest.raises(ConfigError, match="--align-src"):
@@ -180,29 +187,35 @@ def test_reliability_align_names_photos_without_a_face_and_empty_folders(
     assert f"  left out: {src / 'dave'} (no images (" in out and "1 left out" in out
 
 
-def test_rec_source_with_held_out_identities(tmp_path: Path, shared_data: Path, pretrained_mtcnn: Path) -> None:
+def test_rec_source_with_held_out_and_validation_identities(tmp_path: Path, shared_data: Path,
+                                                            pretrained_mtcnn: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     celeba = shared_data / "celeba_identities_subset"
     records = []
-    for label, person in enumerate(sorted(p for p in celeba.iterdir() if p.is_dir())[:6]):
+    for label, person in enumerate(sorted(p for p in celeba.iterdir() if p.is_dir())[:10]):
         for photo in sorted(person.glob("*.jpg"))[:3]:
             header = RecordHeader(0, (float(label),), len(records) + 1, 0)
             records.append((len(records) + 1, pack_record(header, photo.read_bytes())))
     first = RecordHeader(2, (float(len(records) + 1), float(len(records) + 1)), 0, 0)
     write_recordio(tmp_path / "faces" / "train.rec", [(0, pack_record(first, b"")), *records])
     photos, _, left_out = list_photos(tmp_path / "faces" / "train.rec")
-    assert len(photos) == 18 and sorted({p.identity for p in photos}) == [str(i) for i in range(6)]
+    assert len(photos) == 30 and sorted({p.identity for p in photos}) == sorted(str(i) for i in range(10))
     assert left_out == {}
     assert [p.number for p in photos[:4]] == [1, 2, 3, 1]
 
     dst = tmp_path / "aligned"
-    assert _align(tmp_path, pretrained_mtcnn, "--align", "ms_celeb_1m", "--align-src", str(tmp_path / "faces"),
-                  "--align-dst", str(dst), "--set", "align.holdout_identities=4", "--set", "align.holdout_folds=2",
-                  "--set", "align.holdout_pairs_per_fold=2") == 0
+    splits = ["--set", "align.holdout_identities=4", "--set", "align.holdout_folds=2",
+              "--set", "align.holdout_pairs_per_fold=2", "--set", "align.validation_identities=4"]
+    align = ["--align", "ms_celeb_1m", "--align-src", str(tmp_path / "faces"), "--align-dst", str(dst), *splits]
+    assert _align(tmp_path, pretrained_mtcnn, *align) == 0
     report = json.loads((dst / "train" / REPORT_FILE).read_text())
-    held = report["held_out_identities"]
-    assert len(held) == 4 and report["photos"] == 18
+    held, val = report["held_out_identities"], report["val_identities"]
+    assert len(held) == 4 and len(val) == 4 and not set(held) & set(val) and report["photos"] == 30
     train_ids = {p.name for p in (dst / "train").iterdir() if p.is_dir()}
-    assert not train_ids & set(held) and train_ids <= {str(i) for i in range(6)}
+    assert train_ids and not train_ids & set(held + val) and train_ids <= {str(i) for i in range(10)}
+    assert {p.name for p in (dst / "val" / "images").iterdir()} == set(val)
+    val_pairs = read_pairs(dst / "val" / "pairs.txt")
+    assert val_pairs.num_folds == 2 and {p.name_a for p in val_pairs.pairs} <= set(val)
     test_images = dst / "test" / "images"
     for crop in test_images.rglob("*.jpg"):
         assert crop.parent.name in held and crop.stem.startswith(f"{crop.parent.name}_")
@@ -211,6 +224,11 @@ def test_rec_source_with_held_out_identities(tmp_path: Path, shared_data: Path, 
     assert pairs.num_folds == 2 and pairs.pairs_per_fold == report["pairs_per_fold"] >= 1
     for pair in pairs.pairs:
         assert (test_images / pair.name_a / f"{pair.name_a}_{pair.index_a:04d}.jpg").is_file()
+
+    capsys.readouterr()  # another draw would put people the first run trained on into test/ or val/: refused
+    assert _align(tmp_path, pretrained_mtcnn, *align, "--set", "runtime.seed=5") == 2
+    assert "held-out or validation identities" in capsys.readouterr().err
+    assert read_pairs(dst / "val" / "pairs.txt").pairs == val_pairs.pairs, "nothing written is touched"
 
 
 def test_image_disjoint_pairs_serve_sets_of_few_people(tmp_path: Path) -> None:
