@@ -131,8 +131,8 @@ class EmbedderTask(Task):
         return inputs.contiguous(memory_format=self.memory_format), labels
 
     def triplet_step(self, batch: CropBatch) -> StepOutput:
-        """Triplet loss and mining statistics of one batch (mined with the cross-batch memory once it is on,
-        which then takes the batch's embeddings)."""
+        """Triplet loss and mining statistics of one batch; with a cross-batch memory, mined against it too from
+        ``memory_start_step`` on, and the batch's embeddings then enqueued."""
         inputs, labels = self._inputs(batch)
         with self.trainer.autocast():
             embeddings = self.forward(inputs).float()
