@@ -437,11 +437,6 @@ class FaceNetConfig:
     margin: Overlap = 0.3
     mining: TripletMining = "semi_hard"
     squared: bool = True
-    # Cross-batch memory (XBM, Wang et al. 2020): the triplet loss also mines positives and negatives among the
-    # detached embeddings of this many earlier batches (0 = off), from optimizer step memory_start_step on
-    # (embeddings still drift fast early in training, so older ones would mislead the mining).
-    memory_batches: Count = 0
-    memory_start_step: Count = 1000
     # Optimisation.
     epochs: Count = 30
     optimizer: Optimizer = "adam"

@@ -47,7 +47,6 @@ def _refused(err: str) -> str:
 @pytest.mark.parametrize("change, named", [
     ("facenet.embedding_size=32", "facenet.embedding_size 16 -> 32"),
     ("facenet.optimizer=sgd", 'facenet.optimizer "adam" -> "sgd"'),
-    ("facenet.memory_batches=2", "facenet.memory_batches 0 -> 2"),
 ])
 def test_facenet_resume_refuses_a_change_the_saved_state_cannot_take(
         facenet_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, change: str, named: str) -> None:

@@ -9,13 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from training.facenet.samplers import PKBatchSampler
-from training.facenet.triplet import (
-    MINING_METHODS,
-    EmbeddingMemory,
-    TripletLoss,
-    pairwise_distances,
-    triplet_loss,
-)
+from training.facenet.triplet import MINING_METHODS, TripletLoss, pairwise_distances, triplet_loss
 from utils.metrics import pair_scores, verification_metrics
 
 # Four 1-D points: identity 0 at 0 and 1, identity 1 at 1.5 and 4. Plain distances:
@@ -59,25 +53,21 @@ def test_batch_hard_known_answer() -> None:
     assert stats.num_mined_triplets.item() == 4
 
 
-def _reference_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float, mining: str, squared: bool,
-                    anchors: int | None = None) -> torch.Tensor:
-    """Loop-over-everything definition of each mining method, to check the vectorised one against; with
-    ``anchors``, only the first rows are anchors (the rest a memory, whose label -1 marks an empty slot)."""
+def _reference_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float, mining: str, squared: bool) -> torch.Tensor:
+    """Loop-over-everything definition of each mining method, to check the vectorised one against."""
     dist = torch.cdist(emb, emb) ** 2 if squared else torch.cdist(emb, emb)
     n = len(labels)
-    rows = range(n if anchors is None else anchors)
     same = lambda i, j: bool(labels[i] == labels[j])  # noqa: E731
-    other = lambda i, j: bool(labels[i] != labels[j] and labels[j] >= 0)  # noqa: E731
     if mining == "batch_all":
         hinges = [
             torch.relu(dist[a, p] - dist[a, q] + margin)
-            for a, p, q in itertools.product(rows, range(n), range(n))
-            if a != p and same(a, p) and other(a, q)
+            for a, p, q in itertools.product(range(n), repeat=3)
+            if a != p and same(a, p) and not same(a, q)
         ]
         return sum(hinges) / max(1, sum(int(h > 0) for h in hinges))
     losses = []
-    for a in rows:
-        negatives = [dist[a, q] for q in range(n) if other(a, q)]
+    for a in range(n):
+        negatives = [dist[a, q] for q in range(n) if not same(a, q)]
         positives = [p for p in range(n) if p != a and same(a, p)]
         if not negatives or not positives:
             continue
@@ -106,46 +96,6 @@ def test_vectorised_loss_and_gradient_match_brute_force(mining: str, squared: bo
         reference.backward()
         assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
         torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, atol=1e-4, rtol=1e-3)
-
-
-@pytest.mark.parametrize("mining", MINING_METHODS)
-def test_cross_batch_memory_mines_like_the_batch_and_takes_no_gradient(mining: str) -> None:
-    generator = torch.Generator().manual_seed(13)
-    memory = EmbeddingMemory(12, 5)
-    for _ in range(3):  # 3 x 6 pushed into 12 slots: wraps around; a non-finite row becomes an empty slot
-        pushed = F.normalize(torch.randn(6, 5, generator=generator), dim=1)
-        pushed[2, 0] = float("nan")
-        memory.push(pushed, torch.randint(0, 4, (6,), generator=generator))
-    stored, stored_labels = memory.contents()
-    assert memory.position == 6 and torch.isfinite(stored).all()
-    assert torch.nonzero(stored_labels == -1).flatten().tolist() == [2, 8]  # the last push, then the one before
-    keep = [0, 1, 3, 4, 5]
-    assert torch.equal(stored[keep], pushed[keep]) and torch.equal(stored[2], torch.zeros(5))
-    base = F.normalize(torch.randn(8, 5, generator=generator, dtype=torch.float64), dim=1)
-    labels = torch.randint(0, 4, (8,), generator=generator)
-    ours_in = base.float().clone().requires_grad_()
-    ours, stats = triplet_loss(ours_in, labels, margin=0.3, mining=mining, memory=(stored, stored_labels))
-    ref_in = base.clone().requires_grad_()
-    reference = _reference_loss(torch.cat([ref_in, stored.double()]), torch.cat([labels, stored_labels]), 0.3,
-                                mining, True, anchors=8)
-    ours.backward()
-    reference.backward()
-    assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
-    torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, atol=1e-4, rtol=1e-3)
-    alone, _ = triplet_loss(base.float(), labels, margin=0.3, mining=mining)
-    empty = (torch.zeros(12, 5), torch.full((12,), -1))
-    assert triplet_loss(base.float(), labels, 0.3, mining, memory=empty)[0].item() == pytest.approx(alone.item())
-    assert stats.num_valid_triplets.item() > triplet_loss(base.float(), labels, 0.3, mining)[1].num_valid_triplets
-
-
-def test_memory_state_round_trips_and_refuses_another_size() -> None:
-    memory = EmbeddingMemory(4, 3)
-    memory.push(torch.ones(3, 3), torch.tensor([1, 2, 3]))
-    copy = EmbeddingMemory(4, 3)
-    copy.load_state_dict(memory.state_dict())
-    assert copy.position == 3 and torch.equal(copy.labels, torch.tensor([1, 2, 3, -1]))
-    with pytest.raises(ValueError, match="cannot fill"):
-        EmbeddingMemory(5, 3).load_state_dict(memory.state_dict())
 
 
 def test_statistics_match_brute_force_counts() -> None:

@@ -366,14 +366,6 @@ class Task(ABC):
         """Entries added to every checkpoint (e.g. what rebuilds the model for inference)."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The task's own training state that last.pt keeps for an exact resume (e.g. a cross-batch memory)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` from the checkpoint a run resumes (called before its first step)."""
-        return None
-
     def describe(self, epoch: int, train: dict[str, float], val: dict[str, Any]) -> str:
         """The console line of a finished epoch (``epoch`` counts from 1)."""
         return f"epoch {epoch}: loss {train.get('loss', float('nan')):.4f}"
@@ -396,8 +388,8 @@ class TrainingState:
 
 class Checkpointer:
     """Writes ``last.pt`` (the full state) and, when the validation metric improves, ``best.pt`` (the same
-    without the extra modules' state, the trained weights behind a moving average and the task's state: only
-    what inference needs beside it)."""
+    without the extra modules' state and the trained weights behind a moving average: only what inference
+    needs beside it)."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
@@ -425,8 +417,8 @@ class Checkpointer:
         # best.pt first: a run killed between the two writes resumes from the previous last.pt and, resuming
         # exactly, rewrites the same best.pt; the other order could leave a last.pt whose best.pt was never written.
         if improved or (metric is None and not self.best_path.exists()):
-            inference_only = ("modules", "module_grads", "trained_model", "task_state")
-            save_checkpoint(self.best_path, {k: v for k, v in payload.items() if k not in inference_only})
+            save_checkpoint(self.best_path, {k: v for k, v in payload.items()
+                                             if k not in ("modules", "module_grads", "trained_model")})
         save_checkpoint(self.last_path, payload)
         return improved
 
@@ -496,7 +488,6 @@ class Trainer:
         self.checkpointer = Checkpointer(run.folder if run else ".", enabled=run is not None and run.is_main)
         self.state = TrainingState()
         self.sums = StatSums()  # of the epoch in progress (restored with a checkpoint written inside it)
-        self.task_state: dict[str, Any] | None = None  # the resumed checkpoint's, handed to the task by fit
         if run is not None and run.checkpoint is not None:
             self._restore(run.checkpoint, run.folder / "last.pt")
 
@@ -546,11 +537,6 @@ class Trainer:
         """Write last.pt (and best.pt when ``metric`` improves on the best); True when it improved."""
         return self.checkpointer.write(self._payload(extra), self.state, metric)
 
-    @staticmethod
-    def _task_entries(task: Task) -> dict[str, Any]:
-        """What the task adds to a checkpoint: its extra entries and, in last.pt only, its training state."""
-        return {**task.checkpoint_extra(), "task_state": task.state_dict()}
-
     def _restore(self, checkpoint: dict[str, Any], path: Path) -> None:
         """Everything :meth:`save` wrote; the optimizer then takes the current settings (see :func:`apply_settings`)."""
         trained = checkpoint.get("trained_model")
@@ -581,7 +567,6 @@ class Trainer:
                                    stale=int(checkpoint.get("stale_validations", 0)))
         if self.state.batches_done and "epoch_sums" in checkpoint:
             self.sums.load_state_dict(checkpoint["epoch_sums"], self.device)
-        self.task_state = checkpoint.get("task_state", {})
 
     def _save_and_stop(self, extra: dict[str, Any], batches_done: int) -> NoReturn:
         """On SIGINT/SIGTERM: save the state after the last trained batch (``batches_done`` of epoch
@@ -641,16 +626,13 @@ class Trainer:
         validations without a better metric, and on SIGINT/SIGTERM after saving the state inside the epoch."""
         logger = self.run.logger if self.run is not None else None
         patience = self.settings.early_stopping_patience
-        if self.task_state is not None:
-            task.load_state_dict(self.task_state)
-            self.task_state = None
         with StopOnSignal() as stop:
             for epoch in range(self.state.epoch, self.settings.epochs):
                 skip = self.state.batches_done  # > 0: the checkpoint was written inside this epoch
                 started = time.perf_counter()
                 stats = self.train_epoch(task, epoch, stop, skip)
                 if stop.requested:  # keep the state after the last finished batch, then exit
-                    self._save_and_stop(self._task_entries(task), skip + stats["batches_taken"])
+                    self._save_and_stop(task.checkpoint_extra(), skip + stats["batches_taken"])
                 seconds = time.perf_counter() - started
                 self.state.epoch, self.state.batches_done = epoch + 1, 0
                 metric, row = task.validate(self.state.epoch)
@@ -661,7 +643,7 @@ class Trainer:
                                **stats)
                     if row:
                         logger.log("val", epoch=self.state.epoch, **row)
-                if self.save(self._task_entries(task), metric=metric):
+                if self.save(task.checkpoint_extra(), metric=metric):
                     task.on_best(self.state.epoch)
                 if logger is not None:
                     logger.info(task.describe(self.state.epoch, stats, row))

@@ -19,7 +19,7 @@ from training.facenet.augment import AugmentSettings, augment
 from training.facenet.crops import CropBatch, PairsSet
 from training.facenet.margin import MarginHead
 from training.facenet.model import architecture
-from training.facenet.triplet import EmbeddingMemory, TripletLoss
+from training.facenet.triplet import TripletLoss
 from training.facenet.validation import STAT_NAMES, evaluate, save_roc
 from utils.atomic import atomic_write_json
 from utils.errors import BadInputLog, DataError
@@ -32,11 +32,11 @@ KIND = "facenet"
 # What a resumed run cannot change: the network's shape and input (its weights would not fit or would mean
 # something else), the face framing its crops were cut with, the optimizer kind (its saved moments), the loss
 # kinds and where the switch between them falls, the identities the margin head has one weight for, the
-# accumulation its pending gradients were scaled for, the weights it started from, the decay of the weight
-# average the checkpoint's model is, and the size of the cross-batch memory it saved.
+# accumulation its pending gradients were scaled for, the weights it started from, and the decay of the weight
+# average the checkpoint's model is.
 FIXED_ON_RESUME = tuple(f"facenet.{key}" for key in (
     "backbone", "embedding_size", "input_size", "width", "standardization", "pretrained", "optimizer", "mining",
-    "squared", "accumulate", "loss", "triplet_finetune_epochs", "train_images", "ema_decay", "memory_batches")) + tuple(
+    "squared", "accumulate", "loss", "triplet_finetune_epochs", "train_images", "ema_decay")) + tuple(
     f"align.{key}" for key in ("train_size", "eval_size", "margin", "method"))
 MARGIN_STAT_NAMES = ("train_accuracy", "mean_target_cos", "mean_max_other_cos")
 
@@ -112,10 +112,6 @@ class EmbedderTask(Task):
         # runtime.channels_last: batches in the layout build_model gave the weights
         self.memory_format = torch.channels_last if config.runtime.channels_last else torch.contiguous_format
         self.result: VerificationResult | None = None  # the latest validation
-        # facenet.memory_batches: this process's last batches' embeddings (each process mines its own under DDP)
-        self.memory = (EmbeddingMemory(self.cfg.memory_batches * self.cfg.identities_per_batch
-                                       * self.cfg.images_per_identity, self.cfg.embedding_size, trainer.device)
-                       if self.cfg.memory_batches else None)
 
     def _inputs(self, batch: CropBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's augmented inputs and labels on the device (unreadable crops reported and left out)."""
@@ -131,15 +127,11 @@ class EmbedderTask(Task):
         return inputs.contiguous(memory_format=self.memory_format), labels
 
     def triplet_step(self, batch: CropBatch) -> StepOutput:
-        """Triplet loss and mining statistics of one batch; with a cross-batch memory, mined against it too from
-        ``memory_start_step`` on, and the batch's embeddings then enqueued."""
+        """Triplet loss and mining statistics of one batch."""
         inputs, labels = self._inputs(batch)
         with self.trainer.autocast():
-            embeddings = self.forward(inputs).float()
-        use_memory = self.memory is not None and self.trainer.state.step >= self.cfg.memory_start_step
-        loss, stats = self.loss_fn(embeddings, labels, self.memory.contents() if use_memory else None)
-        if self.memory is not None:
-            self.memory.push(embeddings, labels)
+            embeddings = self.forward(inputs)
+        loss, stats = self.loss_fn(embeddings.float(), labels)
         return StepOutput(loss, {name: getattr(stats, name) for name in STAT_NAMES}, len(labels))
 
     def margin_step(self, batch: CropBatch) -> StepOutput:
@@ -174,18 +166,6 @@ class EmbedderTask(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         """The embedder record that ``models.system.load_embedder`` rebuilds the model from."""
         return {"embedder": architecture(self.config)}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The cross-batch memory, when there is one."""
-        return {"memory": self.memory.state_dict()} if self.memory is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the cross-batch memory of a resumed run."""
-        if self.memory is not None:
-            if "memory" not in state:
-                raise DataError(self.run_dir / "last.pt", "holds no cross-batch memory (facenet.memory_batches); "
-                                                          "start a new run")
-            self.memory.load_state_dict(state["memory"])
 
     def describe(self, epoch: int, train: dict[str, float], val: dict[str, Any]) -> str:
         """Loss, its statistics (active triplets, triplet accuracy and distances; or the head's accuracy and

@@ -12,20 +12,16 @@
 * ``batch_all`` (Hermans et al. 2017, "BA!=0"): every valid triplet; the sum of their hinge losses divided
   by the number of active (non-zero) ones.
 
-With a cross-batch memory (Wang et al. 2020, XBM: :class:`EmbeddingMemory`, the detached embeddings and labels of
-recent batches) every batch anchor also mines positives and negatives among the memory's entries, so a small
-P x K batch sees the negatives of many more identities at the cost of a wider distance matrix only.
-
 Distances are squared Euclidean by default (the FaceNet formulation, margin 0.2 on unit vectors, so the
 range is 0..4); ``squared=False`` gives plain Euclidean as in Hermans et al. Everything is computed from
-the B x (B + M) distance matrix with masks, sorting and prefix sums - O(B (B + M) log(B + M)) time and
-O(B (B + M)) memory, no cubic triplet tensor and no Python loop over anchors - so large batches stay cheap.
+the B x B distance matrix with masks, sorting and prefix sums - O(B^2 log B) time and O(B^2) memory, no
+B^3 triplet tensor and no Python loop over anchors - so large batches stay cheap.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
@@ -59,16 +55,13 @@ class TripletStats:
         return {f.name: value for f, value in zip(fields(self), values)}
 
 
-def pairwise_distances(embeddings: Tensor, squared: bool = True, others: Tensor | None = None) -> Tensor:
-    """[B, D] -> [B, B] (squared) Euclidean distances in float32, exact zeros on the diagonal, finite gradients;
-    with ``others`` [M, D], [B, B + M]: the rows' distances to themselves, then to the others."""
+def pairwise_distances(embeddings: Tensor, squared: bool = True) -> Tensor:
+    """[B, D] -> [B, B] (squared) Euclidean distances in float32, exact zeros on the diagonal, finite gradients."""
     emb = embeddings.float()
-    columns = emb if others is None else torch.cat([emb, others.float()])
-    gram = emb @ columns.t()
+    gram = emb @ emb.t()
     norms = gram.diagonal()
-    column_norms = norms if others is None else torch.cat([norms, others.float().pow(2).sum(dim=1)])
-    eye = torch.eye(*gram.shape, dtype=torch.bool, device=emb.device)
-    dist2 = (norms[:, None] - 2.0 * gram + column_norms[None, :]).clamp_min(0.0).masked_fill(eye, 0.0)
+    eye = torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
+    dist2 = (norms[:, None] - 2.0 * gram + norms[None, :]).clamp_min(0.0).masked_fill(eye, 0.0)
     if squared:
         return dist2
     # clamp_min passes no gradient below its floor, so the sqrt never sees a zero on the backward pass.
@@ -95,27 +88,25 @@ def triplet_loss(
     margin: float = 0.2,
     mining: str = "semi_hard",
     squared: bool = True,
-    memory: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, TripletStats]:
     """Triplet loss of a batch with online mining; returns (scalar loss, statistics).
 
-    ``memory``: (embeddings [M, D], labels [M]) of earlier batches (no gradient; label -1 marks an empty slot)
-    that the batch's anchors also take positives and negatives from. A batch with no valid triplet (one
-    identity, or no identity seen twice) gives a zero loss that is still connected to the graph (every
-    parameter gets a zero gradient, as DDP needs) and ``num_valid_triplets == 0`` in the statistics.
+    A batch with no valid triplet (one identity, or no identity seen twice) gives a zero loss that is still
+    connected to the graph (every parameter gets a zero gradient, as DDP needs) and
+    ``num_valid_triplets == 0`` in the statistics.
     """
     check_triplet_settings(margin, mining)
     if embeddings.ndim != 2 or labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
         raise ValueError(
             f"expected embeddings [B, D] and labels [B], got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
         )
-    dist = pairwise_distances(embeddings, squared=squared, others=None if memory is None else memory[0].detach())
+    dist = pairwise_distances(embeddings, squared=squared)
+    batch = dist.shape[0]
     labels = labels.to(dist.device)
-    column_labels = labels if memory is None else torch.cat([labels, memory[1].to(dist.device)])
-    same = labels[:, None] == column_labels[None, :]
-    eye = torch.eye(*dist.shape, dtype=torch.bool, device=dist.device)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(batch, dtype=torch.bool, device=dist.device)
     pos_mask = same & ~eye
-    neg_mask = ~same & (column_labels >= 0)[None, :]
+    neg_mask = ~same
     num_neg = neg_mask.sum(dim=1, keepdim=True)  # [B, 1]
     pair_mask = pos_mask & (num_neg > 0)  # anchor-positive pairs that have at least one negative
 
@@ -181,51 +172,10 @@ class TripletLoss(nn.Module):
         self.mining = mining
         self.squared = squared
 
-    def forward(self, embeddings: Tensor, labels: Tensor,
-                memory: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, TripletStats]:
-        """(loss, stats) for a batch of embeddings [B, D] and identity labels [B] (and a cross-batch memory)."""
-        return triplet_loss(embeddings, labels, self.margin, self.mining, self.squared, memory)
+    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, TripletStats]:
+        """(loss, stats) for a batch of embeddings [B, D] and identity labels [B]."""
+        return triplet_loss(embeddings, labels, self.margin, self.mining, self.squared)
 
     def extra_repr(self) -> str:
         """Settings shown when the module is printed."""
         return f"margin={self.margin}, mining={self.mining}, squared={self.squared}"
-
-
-class EmbeddingMemory:
-    """Cross-batch memory (XBM): a ring buffer of the last ``size`` training embeddings and their labels,
-    detached, on the training device; empty slots and non-finite embeddings carry label -1 (never mined)."""
-
-    def __init__(self, size: int, dim: int, device: torch.device | str = "cpu") -> None:
-        self.embeddings = torch.zeros(size, dim, device=device)
-        self.labels = torch.full((size,), -1, dtype=torch.long, device=device)
-        self.position = 0  # the slot the next embedding goes to
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def contents(self) -> tuple[Tensor, Tensor]:
-        """(embeddings [M, D], labels [M]): what :func:`triplet_loss` takes as ``memory``."""
-        return self.embeddings, self.labels
-
-    def push(self, embeddings: Tensor, labels: Tensor) -> None:
-        """Enqueue a batch over the oldest entries (no device sync: a non-finite row is stored as an empty slot)."""
-        embeddings = embeddings.detach().float()[-len(self):]
-        labels = labels.to(self.labels.device)[-len(self):]
-        finite = torch.isfinite(embeddings).all(dim=1)
-        slots = (self.position + torch.arange(len(labels), device=self.labels.device)) % len(self)
-        self.embeddings[slots] = torch.where(finite[:, None], embeddings, torch.zeros_like(embeddings))
-        self.labels[slots] = torch.where(finite, labels, torch.full_like(labels, -1))
-        self.position = (self.position + len(labels)) % len(self)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The buffer, for an exact resume."""
-        return {"embeddings": self.embeddings.cpu(), "labels": self.labels.cpu(), "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (refused when the sizes differ)."""
-        if tuple(state["embeddings"].shape) != tuple(self.embeddings.shape):
-            raise ValueError(f"memory of shape {tuple(state['embeddings'].shape)} cannot fill one of "
-                             f"{tuple(self.embeddings.shape)}")
-        self.embeddings.copy_(state["embeddings"])
-        self.labels.copy_(state["labels"])
-        self.position = int(state["position"])
