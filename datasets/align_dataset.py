@@ -249,6 +249,10 @@ def _record(report: AlignReport, photo: Photo, status: str, faces: int) -> str:
 # --- held-out identities and their pairs file --------------------------------------------------------------
 
 
+# align_report.json keys of each split: (prefix of pairs, pairs_per_fold and folds; key of its identity list)
+SPLIT_REPORT_KEYS = {"test": ("", "held_out_identities"), "val": ("val_", "val_identities")}
+
+
 def split_identities(identities: Sequence[str], holdout: int, validation: int = 0,
                      seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     """(train, held-out, validation) identity lists, each sorted: the first ``holdout`` then the next
@@ -355,13 +359,13 @@ def run_job(job: AlignJob, config: Config, detector: FaceDetector, *, workers: i
             raise DataError(job.pairs, "pairs file of this evaluation set not found")
         shutil.copyfile(job.pairs, job.out.parent / "pairs.txt")
         extra["pairs"] = str(job.out.parent / "pairs.txt")
-    for name, ids in splits.items():  # report keys: pairs, held_out_identities, ... and val_pairs, val_identities, ...
+    for name, ids in splits.items():
         pairs_path = job.out.parent / name / "pairs.txt"
         folds = make_pairs(pairs_path.parent / "images", a.holdout_folds, a.holdout_pairs_per_fold,
                            config.runtime.seed)
         write_pairs(pairs_path, folds)
-        prefix = "" if name == "test" else "val_"
-        extra.update({f"{prefix}pairs": str(pairs_path), f"{prefix or 'held_out_'}identities": ids,
+        prefix, identities_key = SPLIT_REPORT_KEYS[name]
+        extra.update({f"{prefix}pairs": str(pairs_path), identities_key: ids,
                       f"{prefix}pairs_per_fold": sum(p.same for p in folds[0]), f"{prefix}folds": len(folds)})
     atomic_write_text(job.out / REPORT_FILE, json.dumps({**report.as_dict(), **extra}, indent=1) + "\n")
     print_fn(report.summary())
