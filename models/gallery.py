@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.atomic import atomic_path
+from utils.checkpoint import save_checkpoint
 from utils.errors import DataError
 from utils.file_header import check_header
 
@@ -128,8 +128,7 @@ class Gallery:
             "embeddings": torch.from_numpy(embeddings), "owners": torch.from_numpy(owners),
             "sources": [s for identity in self._identities.values() for s in identity.sources],
         }
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(path, state)
         return path
 
     @classmethod

@@ -71,8 +71,8 @@ def test_a_failed_write_leaves_the_old_gallery_intact(tmp_path, monkeypatch) -> 
     path = small_gallery().save(tmp_path / "gallery.pt")
     before = path.read_bytes()
 
-    def half_then_fail(state, target) -> None:
-        Path(target).write_bytes(b"PK\x03\x04 half a gallery")
+    def half_then_fail(state, handle) -> None:
+        handle.write(b"PK\x03\x04 half a gallery")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", half_then_fail)
@@ -97,10 +97,10 @@ def test_a_process_killed_mid_write_leaves_the_old_gallery_intact(tmp_path) -> N
         gallery = Gallery.load({str(path)!r})
         gallery.add("carol", np.eye(8)[:2])
         real_save = torch.save
-        def crash_half_way(state, target):
-            real_save(state, target)
-            data = Path(target).read_bytes()
-            Path(target).write_bytes(data[: len(data) // 2])
+        def crash_half_way(state, handle):
+            real_save(state, handle)
+            handle.truncate(handle.tell() // 2)
+            handle.flush()
             os._exit(9)  # killed: no cleanup, no exception handlers
         torch.save = crash_half_way
         gallery.save({str(path)!r})

@@ -102,6 +102,15 @@ def test_checkpoint_refuses_code_and_wrong_kind(tmp_path):
         load_checkpoint(tmp_path / "cut.pt")
 
 
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    state = {"kind": "facenet", "model": torch.nn.Linear(3, 2).state_dict(), "epoch": 4}
+    save_checkpoint(tmp_path / "a.pt", state)
+    save_checkpoint(tmp_path / "b" / "a.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "a.pt").read_bytes(), \
+        "no temp-file name may end up inside the archive (it would change the file's SHA-256)"
+    assert load_checkpoint(tmp_path / "a.pt")["epoch"] == 4
+
+
 def test_model_state_mismatch_is_one_line(tmp_path):
     with pytest.raises(DataError, match="shape mismatch in weight"):
         load_model_state(torch.nn.Linear(3, 2), torch.nn.Linear(4, 2).state_dict(), "w.pt")

@@ -19,9 +19,11 @@ from utils.errors import DataError
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + rename): a crash leaves the old file intact."""
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` atomically (temp file + rename): a crash leaves the old file intact. Saved
+    through an open handle, so the archive does not carry the temp file's random name: the same state gives
+    the same bytes, and the SHA-256 that matchers and galleries are tagged with stays that of the weights."""
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None,
