@@ -240,7 +240,7 @@ class MatchingConfig:
     """Verification matcher (train_matching.py): a threshold chosen by k-fold CV on validation pairs and/or a
     calibrated classifier on pair features; saved as paths.matcher beside the embedder checkpoint."""
 
-    method: MatchingMethod = "both"  # fit each, compare on the same folds, keep the better
+    method: MatchingMethod = "both"  # fit each, compare on the same folds, keep the simpler unless beaten by > 1 SE
     metric: ThresholdMetric = "cosine"  # the threshold matcher's score
     # 0: the pairs file's folds (10 for LFW View 2; a one-fold file is cut into 10 blocks)
     folds: Annotated[int, Check("that is 0 (the pairs file's folds) or >= 2", lambda v: v == 0 or v >= 2)] = 0

@@ -4,6 +4,7 @@
     python train_matching.py --method threshold               # the threshold search only (fine_tune_threshold)
     python train_matching.py --set matching.metric=euclidean  # threshold on L2 distance instead of cosine
     python train_matching.py --pairs DIR/pairs.txt --images DIR/images --aligned-input
+    python train_matching.py --aligned-input                  # the aligned validation crops train_facenet.py used
 
 Every image of the validation pairs (and, for the classifier, of the identity folders its pairs are built
 from) goes through the system's own detector, alignment and embedder. Then:
@@ -16,11 +17,13 @@ from) goes through the system's own detector, alignment and embedder. Then:
   without the identities of that fold and judged on its pairs, so both methods face the same held-out
   pairs; probabilities are calibrated on identity-disjoint folds.
 
-Both are reported side by side (accuracy, precision, recall, F1, ROC AUC, EER, TAR@FAR); the more accurate
-one is saved as ``paths.matcher`` beside the embedder checkpoint, with the checkpoint's SHA-256. It also
-carries what identification needs: a false-accept curve from every different-person pair of the
-validation identities, and simulated open-set galleries (half the identities enrolled, the other half
-probing) from which the system sets its identification threshold for ``system.impostor_accept_target``.
+Both are reported side by side (accuracy, precision, recall, F1, ROC AUC, EER, TAR@FAR); the threshold is
+kept unless the classifier beats it on the same folds by more than one standard error of their fold-by-fold
+difference (a matcher with more parameters has to earn its place). The kept one is saved as ``paths.matcher``
+beside the embedder checkpoint, with the checkpoint's SHA-256. It also carries what identification needs: a
+false-accept curve from every different-person pair of the validation identities, and simulated open-set
+galleries (half the identities enrolled, the other half probing) from which the system sets its identification
+threshold for ``system.impostor_accept_target``.
 ROC curves and same/different score histograms are written as PNG next to a JSON report.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import get_args
 
 import numpy as np
 
-from config import MatchingMethod, load_config
+from config import Config, MatchingMethod, load_config
 from datasets.identity import IdentityFolder
 from datasets.lfw import check_pairs_images, read_pairs
 from models.matcher import matcher_summary
@@ -50,12 +53,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Tune the verification matcher on validation pairs: a similarity threshold (k-fold CV) and/or "
                     "a calibrated classifier on pair features; saves the better one beside the embedder.")
     parser.add_argument("--method", choices=get_args(MatchingMethod), default=None,
-                        help="which matcher to fit; 'both' fits each, reports them side by side and keeps the more "
-                             "accurate (default: matching.method)")
+                        help="which matcher to fit; 'both' fits each, reports them side by side and keeps the "
+                             "threshold unless the classifier is more accurate by over one standard error "
+                             "(default: matching.method)")
     parser.add_argument("--pairs", metavar="FILE", default=None,
-                        help="LFW-format pairs file of the validation pairs (default: paths.val_pairs)")
+                        help="LFW-format pairs file of the validation pairs (default: paths.val_pairs; with "
+                             "--aligned-input facenet.val_pairs, the aligned crops train_facenet.py validates on)")
     parser.add_argument("--images", metavar="DIR", default=None,
-                        help="image root of those pairs, <DIR>/<Name>/<Name>_NNNN.jpg (default: paths.val_images)")
+                        help="image root of those pairs, <DIR>/<Name>/<Name>_NNNN.jpg (default: 'images' beside "
+                             "--pairs, else paths.val_images, or facenet.val_images with --aligned-input)")
     parser.add_argument("--identities", metavar="DIR", default=None,
                         help="identity folders the classifier's training pairs are built from "
                              "(default: matching.identities, or the --images folder)")
@@ -75,6 +81,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def validation_pairs(args: argparse.Namespace, config: Config) -> tuple[Path, Path]:
+    """The pairs file and image root to tune on: the flags, else the config's validation pairs - the aligned
+    crops of ``facenet.val_pairs`` with ``--aligned-input``, the photos of ``paths.val_pairs`` without."""
+    if args.pairs:
+        pairs_file = Path(args.pairs)
+        return pairs_file, Path(args.images) if args.images else pairs_file.parent / "images"
+    if args.aligned_input:
+        images = Path(args.images) if args.images else config.facenet_path("val_images")
+        return config.facenet_path("val_pairs"), images
+    return config.path("val_pairs"), Path(args.images) if args.images else config.path("val_images")
+
+
 def main(args: argparse.Namespace) -> int:
     """Embed the validation pairs, fit and compare the matchers, save the better one, write the report."""
     args.set_items += detector_overrides(args.detector)
@@ -82,9 +100,7 @@ def main(args: argparse.Namespace) -> int:
     seed_everything(config.runtime.seed)
     settings = config.matching
     method = args.method or settings.method
-    pairs_file = Path(args.pairs) if args.pairs else config.path("val_pairs")
-    images = Path(args.images) if args.images else (pairs_file.parent / "images" if args.pairs
-                                                    else config.path("val_images"))
+    pairs_file, images = validation_pairs(args, config)
     embedder_path = entry_file(args.embedder, EMBEDDER_FILE) if args.embedder else config.path("embedder")
     beside = embedder_path.parent  # a model-zoo entry stays as shipped: its new matcher goes to <runs_dir>/<entry>
     if is_entry(beside):
@@ -112,11 +128,11 @@ def main(args: argparse.Namespace) -> int:
     results = fit_methods(method, valid_pairs, identities, config, folder.root)
     print_comparison(results, settings)
 
-    chosen = choose(results)
+    chosen, why = choose(results)
     chosen.matcher.save(output, system.embedder_sha256)
     write_report(report_dir, results, chosen, valid_pairs, folder, system, output=output,
                  embedder_path=embedder_path, pairs_file=pairs_file)
-    print(f"kept {chosen.name}: {matcher_summary(chosen.matcher)} -> {output}")
+    print(f"kept {chosen.name} ({why}): {matcher_summary(chosen.matcher)} -> {output}")
     print(f"report and plots: {report_dir}")
     if len(system.log):
         print(system.log.summary())

@@ -260,6 +260,24 @@ def test_operating_far_keeps_the_threshold_that_accepts_that_share_of_strangers(
     assert strict.accuracy == best.accuracy, "the cross-validated accuracy is the method's, whatever point is kept"
 
 
+def test_the_classifier_is_kept_only_when_better_by_more_than_one_standard_error() -> None:
+    from training.matching.methods import MethodResult, choose
+
+    def result(name: str, folds: list[float]) -> MethodResult:
+        return MethodResult(name, ThresholdMatcher(threshold=0.5), float(np.mean(folds)), float(np.std(folds)),
+                            tuple(folds), {}, np.zeros(0), (np.zeros(0), np.zeros(0)))
+
+    threshold = result("threshold", [0.90, 0.80, 0.85, 0.95, 0.88])
+    tied = result("classifier", [0.92, 0.78, 0.86, 0.94, 0.90])  # +0.004 on average, folds disagree
+    better = result("classifier", [0.93, 0.83, 0.88, 0.97, 0.91])  # +0.028, every fold better
+    worse = result("classifier", [0.80, 0.70, 0.75, 0.85, 0.78])
+    kept, why = choose([threshold, tied])
+    assert kept is threshold and "within one standard error" in why and "+0.0040" in why
+    assert choose([threshold, better])[0] is better
+    assert choose([threshold, worse])[0] is threshold
+    assert choose([threshold]) == (threshold, "the only method fitted")
+
+
 def _shifted(emb: np.ndarray, direction: np.ndarray, amount: float) -> np.ndarray:
     """Embeddings of another photo source: each moved along one shared direction, re-normalised."""
     moved = emb + amount * direction

@@ -372,6 +372,17 @@ def test_matching_skips_missing_and_bad_pair_images(mixed_root: dict, embedder_r
     assert "pairs.txt:2:" in error and mixed_root["val"]["missing"][0] in error
 
 
+def test_matching_with_aligned_input_defaults_to_the_embedders_validation_pairs(
+        mixed_root: dict, embedder_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = _matching_argv(mixed_root, embedder_run, tmp_path / "matcher.json")
+    del argv[argv.index("--pairs"):argv.index("--pairs") + 2]
+    code, out, _ = _run("train_matching.py", argv, capsys)
+    assert code == 0, out[-2000:]
+    report = json.loads((tmp_path / "matching" / "report.json").read_text(encoding="utf-8"))
+    assert report["pairs_file"] == str(mixed_root["root"] / "aligned" / "synthetic" / "lfw_val" / "pairs.txt")
+    assert report["pairs_used"] == 12 and report["pairs_without_face"] == 4
+
+
 def _system_argv(mixed_root: dict, embedder_run: Path, matcher: Path, gallery: Path) -> list[str]:
     aligned = mixed_root["root"] / "aligned" / "synthetic"
     return ["--aligned-input", "--embedder", str(embedder_run / "best.pt"), "--matcher", str(matcher),

@@ -39,6 +39,7 @@ class MethodResult:
     matcher: Matcher
     accuracy: float
     accuracy_std: float
+    fold_accuracies: tuple[float, ...]  # per held-out fold, in fold order (the same folds for every method)
     metrics: dict[str, float]
     scores: np.ndarray  # held-out scores of each pair (the threshold method's are the raw similarities)
     roc: tuple[np.ndarray, np.ndarray]
@@ -84,8 +85,8 @@ def evaluate_threshold(pairs: PairSet, identities: IdentitySet, metric: str, far
     negatives = matcher.score(identities.embeddings[first], identities.embeddings[second]) if len(first) else \
         scores[~pairs.same]
     matcher.set_far_curve(negatives)
-    return MethodResult(f"threshold ({metric})", matcher, result.accuracy, result.accuracy_std, metrics, scores,
-                        (result.fpr, result.tpr))
+    return MethodResult(f"threshold ({metric})", matcher, result.accuracy, result.accuracy_std,
+                        tuple(result.fold_accuracies), metrics, scores, (result.fpr, result.tpr))
 
 
 def evaluate_classifier(pairs: PairSet, identities: IdentitySet, config: Config) -> MethodResult:
@@ -132,8 +133,8 @@ def evaluate_classifier(pairs: PairSet, identities: IdentitySet, config: Config)
     metrics["c"] = matcher.c
     matcher.validation = {"accuracy": float(np.mean(fold_accuracy)), **metrics}
     name = f"classifier ({settings.classifier}, {settings.calibration})"
-    return MethodResult(name, matcher, float(np.mean(fold_accuracy)), float(np.std(fold_accuracy)), metrics,
-                        held_out, (result.fpr, result.tpr), notes)
+    return MethodResult(name, matcher, float(np.mean(fold_accuracy)), float(np.std(fold_accuracy)),
+                        tuple(fold_accuracy), metrics, held_out, (result.fpr, result.tpr), notes)
 
 
 def classifier_options(config: Config) -> dict[str, object]:
@@ -186,9 +187,20 @@ def calibrate_open_set(result: MethodResult, identities: IdentitySet, config: Co
                         f"{thr:.4f} for {target:g} of them accepted")
 
 
-def choose(results: Sequence[MethodResult]) -> MethodResult:
-    """The more accurate method (ties go to the first, the simpler threshold)."""
-    return max(results, key=lambda r: (round(r.accuracy, 10), -results.index(r)))
+def choose(results: Sequence[MethodResult]) -> tuple[MethodResult, str]:
+    """The method to keep and why: the first (simplest) unless a later one is more accurate on the same folds by
+    more than one standard error of their fold-by-fold difference (the one-standard-error rule). A matcher with
+    more parameters that only ties on the validation people has not shown it transfers to new photos."""
+    kept, why = results[0], "the only method fitted"
+    for challenger in results[1:]:
+        gain = np.subtract(challenger.fold_accuracies, kept.fold_accuracies)
+        error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+        beats = gain.mean() > error
+        why = (f"{challenger.name} {gain.mean():+.4f} in accuracy over the same folds, standard error {error:.4f}: "
+               + ("more than one standard error better" if beats else "within one standard error, the simpler kept"))
+        if beats:
+            kept = challenger
+    return kept, why
 
 
 def centred_on_identities(pairs: PairSet, identities: IdentitySet) -> tuple[PairSet, IdentitySet, np.ndarray]:
