@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     """The command line (every flag explained in ``--help``)."""
     parser = argparse.ArgumentParser(
         description="Tune the verification matcher on validation pairs: a similarity threshold (k-fold CV) and/or "
-                    "a calibrated classifier on pair features; saves the better one beside the embedder.")
+                    "a calibrated classifier on pair features; saves the one it keeps beside the embedder.")
     parser.add_argument("--method", choices=get_args(MatchingMethod), default=None,
                         help="which matcher to fit; 'both' fits each, reports them side by side and keeps the "
                              "threshold unless the classifier is more accurate by over one standard error "
@@ -94,7 +94,7 @@ def validation_pairs(args: argparse.Namespace, config: Config) -> tuple[Path, Pa
 
 
 def main(args: argparse.Namespace) -> int:
-    """Embed the validation pairs, fit and compare the matchers, save the better one, write the report."""
+    """Embed the validation pairs, fit and compare the matchers, save the one kept, write the report."""
     args.set_items += detector_overrides(args.detector)
     config = config_from_args(args, load_config)
     seed_everything(config.runtime.seed)
@@ -130,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
 
     chosen, why = choose(results)
     chosen.matcher.save(output, system.embedder_sha256)
-    write_report(report_dir, results, chosen, valid_pairs, folder, system, output=output,
+    write_report(report_dir, results, chosen, why, valid_pairs, folder, system, output=output,
                  embedder_path=embedder_path, pairs_file=pairs_file)
     print(f"kept {chosen.name} ({why}): {matcher_summary(chosen.matcher)} -> {output}")
     print(f"report and plots: {report_dir}")

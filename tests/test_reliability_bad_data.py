@@ -381,6 +381,7 @@ def test_matching_with_aligned_input_defaults_to_the_embedders_validation_pairs(
     report = json.loads((tmp_path / "matching" / "report.json").read_text(encoding="utf-8"))
     assert report["pairs_file"] == str(mixed_root["root"] / "aligned" / "synthetic" / "lfw_val" / "pairs.txt")
     assert report["pairs_used"] == 12 and report["pairs_without_face"] == 4
+    assert report["chosen_because"] == "the only method fitted"
 
 
 def _system_argv(mixed_root: dict, embedder_run: Path, matcher: Path, gallery: Path) -> list[str]:

@@ -66,14 +66,14 @@ def print_comparison(results: Sequence[MethodResult], settings: MatchingConfig) 
               f"{low}-{high}; the right value depends on the embedder and its training)")
 
 
-def write_report(report_dir: Path, results: Sequence[MethodResult], chosen: MethodResult, pairs: PairSet,
-                 folder: IdentityFolder, system: FaceRecognitionSystem, *, output: Path, embedder_path: Path,
-                 pairs_file: Path) -> None:
-    """Write the plots and report.json (every method's metrics, the chosen one, the inputs and what was left out)
-    into ``report_dir``."""
+def write_report(report_dir: Path, results: Sequence[MethodResult], chosen: MethodResult, why: str,
+                 pairs: PairSet, folder: IdentityFolder, system: FaceRecognitionSystem, *, output: Path,
+                 embedder_path: Path, pairs_file: Path) -> None:
+    """Write the plots and report.json (every method's metrics, the chosen one and why, the inputs and what was
+    left out) into ``report_dir``."""
     plots = write_plots(results, pairs, report_dir)
     report = {
-        "chosen": chosen.name, "matcher": str(output), "embedder": str(embedder_path),
+        "chosen": chosen.name, "chosen_because": why, "matcher": str(output), "embedder": str(embedder_path),
         "embedder_sha256": system.embedder_sha256, "pairs_file": str(pairs_file),
         "pairs_used": int(len(pairs.same)),
         "pairs_without_face": pairs.dropped, "identities_left_out": folder.left_out(),
