@@ -86,11 +86,12 @@ def validation_pairs(args: argparse.Namespace, config: Config) -> tuple[Path, Pa
     crops of ``facenet.val_pairs`` with ``--aligned-input``, the photos of ``paths.val_pairs`` without."""
     if args.pairs:
         pairs_file = Path(args.pairs)
-        return pairs_file, Path(args.images) if args.images else pairs_file.parent / "images"
-    if args.aligned_input:
-        images = Path(args.images) if args.images else config.facenet_path("val_images")
-        return config.facenet_path("val_pairs"), images
-    return config.path("val_pairs"), Path(args.images) if args.images else config.path("val_images")
+        images = pairs_file.parent / "images"
+    elif args.aligned_input:
+        pairs_file, images = config.facenet_path("val_pairs"), config.facenet_path("val_images")
+    else:
+        pairs_file, images = config.path("val_pairs"), config.path("val_images")
+    return pairs_file, Path(args.images) if args.images else images
 
 
 def main(args: argparse.Namespace) -> int:
