@@ -42,6 +42,10 @@ TINY = ["facenet.input_size=32", "facenet.width=0.25", "facenet.embedding_size=3
         "facenet.val_loss_batches=2", f"align.train_size={TRAIN_SIZE}", f"align.eval_size={EVAL_SIZE}",
         "runtime.workers=0", "runtime.device=cpu"]
 
+# 120 steps at the tiny preset's learning rate: from 16 training people, 80 held-out pairs that measure 0.0125 a
+# pair. Shorter or faster runs learn on some CPUs and seeds and stall on others (kernels differ in rounding).
+LEARNING_RUN = ("facenet.epochs=24", "facenet.batches_per_epoch=5")
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,13 +125,13 @@ def _ctrl_c_in_first_batch_of(epoch: int, monkeypatch: pytest.MonkeyPatch) -> It
 
 def test_reduced_synthetic_preset_learns(aligned: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="9999.jpg"):
-        assert _train(aligned, tmp_path, "facenet.epochs=16", "facenet.batches_per_epoch=5", "facenet.lr=0.01") == 0
+        assert _train(aligned, tmp_path, *LEARNING_RUN) == 0
     train, val = _rows(tmp_path / "metrics_train.csv"), _rows(tmp_path / "metrics_val.csv")
-    assert len(train) == len(val) == 16
+    assert len(train) == len(val) == 24
     losses = [float(r["loss"]) for r in train]
     accuracy = [float(r["val_accuracy"]) for r in val]
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"triplet loss should fall: {losses}"
-    assert max(accuracy) >= 0.75 and accuracy[-1] > accuracy[0] + 0.15, \
+    assert accuracy[-1] >= 0.75 and np.mean(accuracy[-3:]) > np.mean(accuracy[:3]) + 0.1, \
         f"held-out pair accuracy should rise well above chance (0.5): {accuracy}"
     assert float(train[-1]["triplet_accuracy"]) > float(train[0]["triplet_accuracy"])
     for column in ("active_fraction", "mean_pos_dist", "mean_neg_dist", "images_per_s"):
@@ -169,15 +173,14 @@ def test_interrupted_run_resumes_exactly(aligned: Path, tmp_path: Path, monkeypa
 def test_moving_average_of_the_weights_learns_and_is_what_validation_and_best_pt_see(aligned: Path,
                                                                                     tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
-        assert _train(aligned, tmp_path, "facenet.epochs=16", "facenet.batches_per_epoch=5", "facenet.lr=0.01",
-                      "facenet.ema_decay=0.8") == 0
+        assert _train(aligned, tmp_path, *LEARNING_RUN, "facenet.ema_decay=0.8") == 0
     accuracy = [float(r["val_accuracy"]) for r in _rows(tmp_path / "metrics_val.csv")]
     assert accuracy[-1] >= 0.75 and np.mean(accuracy[-3:]) > np.mean(accuracy[:3]) + 0.1, f"should learn: {accuracy}"
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["best_validation"]["accuracy"] == pytest.approx(max(accuracy), abs=1e-9), \
         "best.pt holds the weights validation measured: the moving average"
     last, best = (torch.load(tmp_path / name, weights_only=True) for name in ("last.pt", "best.pt"))
-    assert last["ema_updates"] == last["step"] == 80 and "trained_model" not in best
+    assert last["ema_updates"] == last["step"] == 120 and "trained_model" not in best
     assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
 
 
